@@ -1,0 +1,45 @@
+# `make demo` and `make test` work on a fresh Debian machine with Python 3.11: they create the
+# virtual environment, install system and Python packages, build the Cython kernel, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# libgomp threads spin after a parallel loop unless told to sleep (see STACK-NOTES.md).
+export OMP_WAIT_POLICY ?= passive
+
+KERNEL_SOURCES := $(shell find twinbench -name '*.pyx' -o -name '*.pxd')
+
+.PHONY: demo test bench setup system clean
+
+demo: setup
+	$(BIN)/twinbench demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/twinbench bench kernel
+
+setup: .stamp-install
+
+# System packages: a C compiler, Python headers and venv support. Installed only when missing.
+.stamp-system:
+	@if ! command -v gcc >/dev/null || ! $(PYTHON) -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then \
+	  echo "installing gcc, Python headers and venv support with apt-get"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+	    gcc g++ make python3-dev python3-venv; \
+	fi
+	touch $@
+
+$(BIN)/python: .stamp-system
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+
+# Editable install: the extension modules are compiled in place. Reinstalled when a .pyx/.pxd,
+# setup.py or pyproject.toml changes, because editable installs do not rebuild on their own.
+.stamp-install: $(BIN)/python pyproject.toml setup.py $(KERNEL_SOURCES)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf build .stamp-* $(VENV) *.egg-info
+	find twinbench \( -name '*.so' -o -name '*.c' \) -delete

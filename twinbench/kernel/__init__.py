@@ -1,0 +1,33 @@
+"""The twin kernel: compiled ensemble integration, state estimation and detection.
+
+This package imports nothing else of twinbench. Each compiled module ``_x.pyx`` has a NumPy
+reference ``_x_py.py`` beside it; set ``TWINBENCH_PURE_PYTHON=1`` to run only the references.
+"""
+
+from __future__ import annotations
+
+import os
+
+# libgomp reads this when the first OpenMP module loads: without it, idle worker threads spin
+# after every parallel loop and steal the CPU from the notebook.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+from twinbench.kernel._check_build import check_build as _check_build  # noqa: E402
+
+_check_build()
+
+from twinbench.kernel.model import (  # noqa: E402
+    DEFAULT_START,
+    IntegrationError,
+    Model,
+    NonFiniteStateWarning,
+    Variable,
+)
+
+__all__ = [
+    "DEFAULT_START",
+    "IntegrationError",
+    "Model",
+    "NonFiniteStateWarning",
+    "Variable",
+]
