@@ -1,0 +1,1 @@
+"""Benchmarks behind ``twinbench bench``: figures measured side by side with their baselines."""
