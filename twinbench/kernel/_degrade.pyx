@@ -1,0 +1,272 @@
+"""Particle-filter kernel for degradation tracking and remaining useful life (compiled).
+
+The NumPy reference ``_degrade_py.py`` documents every function; this module has the same
+functions, signatures and semantics, with the loops in C and released from the GIL. The arithmetic
+follows the reference operation for operation (sequential sums, the same association) so the two
+agree to rounding. Random numbers come from the caller (NumPy Generators), never from here: that
+keeps both implementations, and any split of the data into batches, on the same random stream.
+
+Layout: ``theta[j, i]`` is parameter ``j`` of particle ``i`` (C-contiguous), so each inner loop
+runs over contiguous memory.
+"""
+
+from libc.math cimport exp, log, INFINITY
+from libc.stdlib cimport malloc, free, qsort
+from libc.string cimport memcpy
+
+import numpy as np
+
+
+cdef struct _Pair:
+    double value
+    double weight
+    Py_ssize_t index
+
+
+cdef int _cmp_pair(const void* pa, const void* pb) noexcept nogil:
+    # Ascending by value, ties by original index: the order of a stable argsort, so that the
+    # cumulative weights are summed in the same order as in the NumPy reference.
+    cdef const _Pair* a = <const _Pair*>pa
+    cdef const _Pair* b = <const _Pair*>pb
+    if a.value < b.value:
+        return -1
+    if a.value > b.value:
+        return 1
+    if a.index < b.index:
+        return -1
+    if a.index > b.index:
+        return 1
+    return 0
+
+
+cdef inline void _jitter(double* theta, const double* std, const double* noise, Py_ssize_t p,
+                         Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j, i
+    cdef double s
+    cdef double* row
+    cdef const double* nrow
+    for j in range(p):
+        s = std[j]
+        row = theta + j * n
+        nrow = noise + j * n
+        for i in range(n):
+            row[i] = row[i] + s * nrow[i]
+
+
+cdef double _normalise(double* logw, double* w, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double m = -INFINITY
+    cdef double s = 0.0
+    cdef double s2 = 0.0
+    cdef double lse, inv, lw
+    for i in range(n):
+        lw = logw[i]
+        if lw != lw:
+            lw = -INFINITY
+            logw[i] = lw
+        if lw > m:
+            m = lw
+    if not (m > -INFINITY):
+        lw = -log(<double>n)
+        inv = 1.0 / <double>n
+        for i in range(n):
+            logw[i] = lw
+            w[i] = inv
+        return 0.0
+    for i in range(n):
+        w[i] = exp(logw[i] - m)
+    for i in range(n):
+        s = s + w[i]
+    lse = m + log(s)
+    inv = 1.0 / s
+    for i in range(n):
+        logw[i] = logw[i] - lse
+        w[i] = w[i] * inv
+    for i in range(n):
+        s2 = s2 + w[i] * w[i]
+    return 1.0 / s2
+
+
+cdef void _systematic(const double* w, Py_ssize_t n, double u, Py_ssize_t* idx) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef Py_ssize_t j = 0
+    cdef double c = w[0]
+    cdef double pos
+    cdef double dn = <double>n
+    for i in range(n):
+        pos = (u + <double>i) / dn
+        while j < n - 1 and c <= pos:
+            j += 1
+            c = c + w[j]
+        idx[i] = j
+
+
+cdef bint _resample_if_needed(double* theta, double* logw, const double* w, double ess, double u,
+                              double frac, double* work, Py_ssize_t* idx, Py_ssize_t p,
+                              Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double lw
+    cdef double* row
+    cdef double* wrow
+    if not (0.0 < ess < frac * <double>n):
+        return False
+    _systematic(w, n, u, idx)
+    for j in range(p):
+        row = theta + j * n
+        wrow = work + j * n
+        for i in range(n):
+            wrow[i] = row[idx[i]]
+    memcpy(theta, work, p * n * sizeof(double))
+    lw = -log(<double>n)
+    for i in range(n):
+        logw[i] = lw
+    return True
+
+
+def jitter(double[:, ::1] theta, const double[::1] process_std, const double[:, ::1] noise):
+    """Random-walk step in place: ``theta[j] += process_std[j] * noise[j]``."""
+    cdef Py_ssize_t p = theta.shape[0], n = theta.shape[1]
+    if n == 0:
+        return
+    with nogil:
+        _jitter(&theta[0, 0], &process_std[0], &noise[0, 0], p, n)
+
+
+def normalise(double[::1] logw, double[::1] w):
+    """Normalise log-weights in place; normalised weights into ``w``; return the ESS."""
+    cdef double ess
+    with nogil:
+        ess = _normalise(&logw[0], &w[0], logw.shape[0])
+    return ess
+
+
+def systematic_resample(const double[::1] w, double u, Py_ssize_t[::1] idx):
+    """Systematic resampling indices into ``idx`` (see the NumPy reference)."""
+    with nogil:
+        _systematic(&w[0], w.shape[0], u, &idx[0])
+
+
+def assimilate(double[:, ::1] theta, double[::1] logw, const double[::1] pred, double value,
+               double meas_std, double uniform, double resample_frac, double[::1] w,
+               double[:, ::1] work, Py_ssize_t[::1] idx):
+    """Weight by one measurement given per-particle predictions; normalise; maybe resample."""
+    cdef Py_ssize_t p = theta.shape[0], n = theta.shape[1], i
+    cdef double inv_sigma = 1.0 / meas_std
+    cdef double r, ess
+    cdef bint resampled
+    with nogil:
+        for i in range(n):
+            r = (value - pred[i]) * inv_sigma
+            logw[i] = logw[i] - 0.5 * r * r
+        ess = _normalise(&logw[0], &w[0], n)
+        resampled = _resample_if_needed(&theta[0, 0], &logw[0], &w[0], ess, uniform,
+                                        resample_frac, &work[0, 0], &idx[0], p, n)
+    return ess, bool(resampled)
+
+
+def exp_filter(double[:, ::1] theta, double[::1] logw, const double[::1] times,
+               const double[::1] values, const double[:, :, ::1] noise,
+               const double[::1] uniforms, double t_prev, const double[::1] process_std,
+               double meas_std, double offset, double sign, double resample_frac,
+               double[::1] ess_out, unsigned char[::1] resampled_out, double[::1] w,
+               double[:, ::1] work, Py_ssize_t[::1] idx):
+    """Run the exponential-model filter over ``m`` measurements (see the NumPy reference)."""
+    cdef Py_ssize_t m = times.shape[0], p = theta.shape[0], n = theta.shape[1]
+    cdef Py_ssize_t k, i
+    cdef double inv_sigma = 1.0 / meas_std
+    cdef double t, dt, y, h, r, ess
+    cdef double* z
+    cdef double* b
+    cdef double* lw
+    cdef int collapsed = 0
+    if m == 0:
+        return 0
+    with nogil:
+        z = &theta[0, 0]
+        b = z + n
+        lw = &logw[0]
+        for k in range(m):
+            t = times[k]
+            dt = t - t_prev
+            t_prev = t
+            y = values[k]
+            _jitter(z, &process_std[0], &noise[k, 0, 0], p, n)
+            for i in range(n):
+                z[i] = z[i] + b[i] * dt
+                h = offset + sign * exp(z[i])
+                r = (y - h) * inv_sigma
+                lw[i] = lw[i] - 0.5 * r * r
+            ess = _normalise(lw, &w[0], n)
+            if ess == 0.0:
+                collapsed += 1
+            ess_out[k] = ess
+            resampled_out[k] = _resample_if_needed(z, lw, &w[0], ess, uniforms[k],
+                                                   resample_frac, &work[0, 0], &idx[0], p, n)
+    return collapsed
+
+
+def exp_rul(const double[:, ::1] theta, double offset, double sign, double threshold,
+            double horizon, double[::1] out):
+    """Analytic remaining useful life per particle of the exponential model (s), into ``out``."""
+    cdef Py_ssize_t n = theta.shape[1], i
+    cdef double level = log(sign * (threshold - offset))
+    cdef double zi, bi, r
+    with nogil:
+        for i in range(n):
+            zi = theta[0, i]
+            bi = theta[1, i]
+            if zi >= level:
+                r = 0.0
+            elif bi > 0.0:
+                r = (level - zi) / bi
+                if r > horizon:
+                    r = INFINITY
+            else:
+                r = INFINITY
+            if r != r:
+                r = INFINITY
+            out[i] = r
+
+
+def weighted_summary(const double[::1] values, const double[::1] logw,
+                     const double[::1] quantiles, double within, double cap,
+                     double[::1] q_out):
+    """Weighted quantiles, capped mean and P(value <= within) (see the NumPy reference)."""
+    cdef Py_ssize_t n = values.shape[0], nq = quantiles.shape[0], i, j, k
+    cdef double total = 0.0, mean = 0.0, p = 0.0, target, wi, v
+    cdef _Pair* pairs = <_Pair*>malloc(n * sizeof(_Pair))
+    cdef double* cum = <double*>malloc(n * sizeof(double))
+    if pairs == NULL or cum == NULL:
+        free(pairs)
+        free(cum)
+        raise MemoryError()
+    try:
+        with nogil:
+            for i in range(n):
+                pairs[i].value = values[i]
+                pairs[i].weight = exp(logw[i])
+                pairs[i].index = i
+            for i in range(n):
+                wi = pairs[i].weight
+                if wi > 0.0:
+                    v = values[i]
+                    if v > cap:
+                        v = cap
+                    mean = mean + wi * v
+                if values[i] <= within:
+                    p = p + wi
+            qsort(pairs, n, sizeof(_Pair), _cmp_pair)
+            for i in range(n):
+                total = total + pairs[i].weight
+                cum[i] = total
+            j = 0
+            for k in range(nq):
+                target = quantiles[k] * total
+                j = 0
+                while j < n - 1 and cum[j] < target:
+                    j += 1
+                q_out[k] = pairs[j].value
+    finally:
+        free(pairs)
+        free(cum)
+    return mean / total, p / total
