@@ -22,7 +22,9 @@ from twinbench.kernel.model import (  # noqa: E402
     Model,
     NonFiniteStateWarning,
     Variable,
+    cython_model,
 )
+from twinbench.kernel.linear import linear_model  # noqa: E402
 
 __all__ = [
     "DEFAULT_START",
@@ -30,4 +32,6 @@ __all__ = [
     "Model",
     "NonFiniteStateWarning",
     "Variable",
+    "cython_model",
+    "linear_model",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "IntegrationError",
     "NonFiniteStateWarning",
     "DEFAULT_START",
+    "cython_model",
 ]
 
 #: Default start time of a simulation when none is given (UTC).
@@ -366,3 +367,47 @@ class Model:
         return simulate(self, duration=duration, dt=dt, steps=steps, every=every, x0=x0,
                         inputs=inputs, params=params, scenarios=scenarios, method=method,
                         backend=backend, threads=threads, start=start, on_nonfinite=on_nonfinite)
+
+
+def cython_model(
+    name: str,
+    rhs: Any,
+    output: Any = None,
+    jacobian: Any = None,
+    *,
+    states: Iterable,
+    inputs: Iterable = (),
+    params: Iterable = (),
+    outputs: Iterable = (),
+    numpy_rhs: Callable | None = None,
+    numpy_output: Callable | None = None,
+    description: str = "",
+) -> Model:
+    """A model whose right-hand side is a C function compiled by the user (e.g. in ``%%cython``).
+
+    Each of ``rhs``, ``output`` and ``jacobian`` is a ``PyCapsule`` named ``"twinbench.model_fn"``
+    holding a function with exactly this C signature::
+
+        void f(double t, const double* x, const double* u, const double* p, double* out,
+               Py_ssize_t n, Py_ssize_t ld, void* ctx) noexcept nogil
+
+    The kernel calls it for a block of ``n`` scenarios. Element (variable ``j``, scenario ``i``)
+    of ``x``, ``u``, ``p`` and ``out`` is at ``[j * ld + i]``; loop ``for i in range(n)``
+    innermost so that the compiler vectorises. ``out`` receives ``dx/dt`` (rhs), the outputs
+    (output) or the Jacobian ``[(r * nx + c) * ld + i] = d f_r / d x_c`` (jacobian).
+    In Cython, make the capsule with::
+
+        from cpython.pycapsule cimport PyCapsule_New
+        rhs_capsule = PyCapsule_New(<void*> my_rhs, "twinbench.model_fn", NULL)
+
+    ``numpy_rhs``/``numpy_output`` optionally give the same model in NumPy form, so that
+    ``simulate(backend="numpy")`` can check the compiled one. See
+    ``notebooks/custom_cython_model.ipynb`` for a worked example.
+
+    Returns
+    -------
+    Model
+    """
+    compiled = {"rhs": rhs, "output": output, "jacobian": jacobian}
+    return Model(name, states=states, inputs=inputs, params=params, outputs=outputs,
+                 rhs=numpy_rhs, output=numpy_output, compiled=compiled, description=description)
