@@ -1,0 +1,192 @@
+"""Benchmark: ensemble integration of the pump model (compiled kernel vs NumPy vs solve_ivp).
+
+Figures, all measured in the same run:
+
+* compiled kernel (portable build, 1 thread) vs the vectorised NumPy reference, per scenario-step;
+* compiled kernel vs ``scipy.integrate.solve_ivp`` (RK45) run per scenario on a sample;
+* the same compiled kernel built with ``-march=native`` (built on the fly into a temporary
+  directory from the source tree, then run in a subprocess) vs the portable build;
+* 2 OpenMP threads vs 1;
+* peak resident memory of a fresh process running the ensemble, vs the size of its output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from twinbench.bench._common import best_time, figure
+
+__all__ = ["run", "ensemble_case"]
+
+DT = 0.01
+EVERY = 60
+
+
+def ensemble_case(scenarios: int, steps: int, seed: int = 0):
+    """The benchmark's ensemble: the pump under random speed setpoints and valve openings."""
+    from twinbench.models import pump
+
+    model = pump()
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for v in model.inputs:
+        lo, hi = 0.6 * v.default, 1.0 * v.default
+        if v.default == 0.0:
+            lo, hi = 0.0, 0.0
+        inputs[v.name] = rng.uniform(lo, hi, size=(1, scenarios))
+    kwargs = dict(steps=steps, dt=DT, every=EVERY if steps % EVERY == 0 else 1, inputs=inputs)
+    return model, kwargs
+
+
+def _time_compiled(scenarios: int, steps: int, threads: int, repeat: int) -> float:
+    model, kw = ensemble_case(scenarios, steps)
+    model.simulate(backend="c", threads=threads, **{**kw, "steps": kw["every"]})  # warm up
+    return best_time(lambda: model.simulate(backend="c", threads=threads, **kw), repeat=repeat)
+
+
+def _native_figure(scenarios: int, steps: int, repeat: int, portable_s: float):
+    """Build the kernel with TWINBENCH_NATIVE=1 into a temporary tree and time it there."""
+    import twinbench
+
+    root = Path(twinbench.__file__).resolve().parent.parent
+    if not (root / "setup.py").exists():
+        return None, "no source tree next to the installed package"
+    tmp = Path(tempfile.mkdtemp(prefix="twinbench-native-"))
+    try:
+        shutil.copytree(root / "twinbench", tmp / "twinbench",
+                        ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
+        env = {**os.environ, "TWINBENCH_NATIVE": "1",
+               "TWINBENCH_BUILD_ONLY": "kernel._model,kernel._integrate,models._pump"}
+        build = subprocess.run(
+            [sys.executable, str(root / "setup.py"), "build_ext", "--build-lib", str(tmp),
+             "--build-temp", str(tmp / "build")],
+            cwd=root, env=env, capture_output=True, text=True)
+        if build.returncode != 0:
+            return None, "native build failed: " + build.stderr.strip().splitlines()[-1]
+        code = (
+            "import json, twinbench.kernel._integrate as k\n"
+            "from twinbench.bench.integrate import _time_compiled\n"
+            f"t = _time_compiled({scenarios}, {steps}, 1, {repeat})\n"
+            "print(json.dumps({'seconds': t, 'module': k.__file__}))\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(tmp)}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, cwd=tmp)
+        if proc.returncode != 0:
+            return None, "native run failed: " + proc.stderr.strip().splitlines()[-1]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        if not result["module"].startswith(str(tmp)):
+            return None, "the native build was not the one imported"
+        return result["seconds"], None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _peak_rss(scenarios: int, steps: int) -> dict:
+    """Peak RSS of a fresh process before and after running the ensemble."""
+    code = (
+        "import json, resource, numpy as np\n"
+        "from twinbench.bench.integrate import ensemble_case\n"
+        f"model, kw = ensemble_case({scenarios}, {steps})\n"
+        "model.simulate(backend='c', threads=1, **{**kw, 'steps': kw['every']})\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "ds = model.simulate(backend='c', threads=1, **kw)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "out = sum(ds[v].nbytes for v in model.state_names + model.output_names)\n"
+        "print(json.dumps({'before': before, 'after': after, 'output': out}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False) -> list[dict]:
+    from scipy.integrate import solve_ivp
+
+    scenarios, steps = (500, 360) if quick else (10_000, 3_600)
+    repeat = 1 if quick else 3
+    scen_steps = scenarios * steps
+    figs = []
+
+    c1 = _time_compiled(scenarios, steps, 1, repeat)
+    ns_c = c1 / scen_steps * 1e9
+
+    # NumPy reference on the same ensemble over a tenth of the steps, scaled per scenario-step.
+    model, kw = ensemble_case(scenarios, steps)
+    ref_steps = max(EVERY, steps // 10)
+    kw_ref = {**kw, "steps": ref_steps}
+    t_np = best_time(lambda: model.simulate(backend="numpy", **kw_ref), repeat=1)
+    ns_np = t_np / (scenarios * ref_steps) * 1e9
+    figs.append(figure(f"pump ensemble {scenarios}x{steps} RK4, compiled (portable, 1 thread)",
+                       ns_c, "ns/scenario-step", "vectorised NumPy reference", ns_np / ns_c, 10,
+                       baseline_value=ns_np, seconds=c1))
+
+    # solve_ivp per scenario on a small sample, on the same horizon, with accuracy comparable
+    # to RK4 at this step (rtol 1e-6).
+    sample = 2 if quick else 5
+    x0 = np.array([v.default for v in model.states])
+    u = np.array([[kw["inputs"].get(v.name, np.full((1, scenarios), v.default))[0, i]
+                   for i in range(sample)] for v in model.inputs])
+    p = np.array([v.default for v in model.params])[:, None]
+    t_end = steps * DT
+
+    def one(i):
+        ui = u[:, i:i + 1]
+        return solve_ivp(lambda t, x: model.rhs(t, x[:, None], ui, p)[:, 0], (0.0, t_end), x0,
+                         method="RK45", rtol=1e-6, atol=1e-9,
+                         t_eval=np.arange(0.0, t_end + 1e-9, EVERY * DT))
+
+    t0 = time.perf_counter()
+    for i in range(sample):
+        sol = one(i)
+        if not sol.success:
+            raise RuntimeError(f"solve_ivp failed on scenario {i}: {sol.message}")
+    t_ivp = time.perf_counter() - t0
+    ns_ivp = t_ivp / (sample * steps) * 1e9
+    figs.append(figure("pump ensemble RK4 compiled vs solve_ivp per scenario", ns_c,
+                       "ns/scenario-step", f"scipy solve_ivp RK45 rtol=1e-6, {sample} scenarios",
+                       ns_ivp / ns_c, 1000, baseline_value=ns_ivp))
+
+    c2 = _time_compiled(scenarios, steps, 2, repeat)
+    figs.append(figure("pump ensemble RK4 compiled, 2 threads", c2 / scen_steps * 1e9,
+                       "ns/scenario-step", "same, 1 thread", c1 / c2, None, baseline_value=ns_c))
+
+    model_r, kw_r = ensemble_case(scenarios, steps)
+    kw_r = {**kw_r, "steps": ref_steps, "method": "ros2"}
+    t_ros = best_time(lambda: model_r.simulate(backend="c", threads=1, **kw_r), repeat=repeat)
+    t_ros_np = best_time(lambda: model_r.simulate(backend="numpy", **{**kw_r, "steps": EVERY}),
+                         repeat=1)
+    ns_ros = t_ros / (scenarios * ref_steps) * 1e9
+    ns_ros_np = t_ros_np / (scenarios * EVERY) * 1e9
+    figs.append(figure("pump ensemble ROS2 (implicit) compiled, 1 thread", ns_ros,
+                       "ns/scenario-step", "vectorised NumPy reference (ROS2)", ns_ros_np / ns_ros,
+                       None, baseline_value=ns_ros_np))
+
+    if not quick:
+        native, why = _native_figure(scenarios, steps, repeat, c1)
+        if native is not None:
+            figs.append(figure("pump ensemble RK4 compiled, native build (-march=native)",
+                               native / scen_steps * 1e9, "ns/scenario-step",
+                               "portable build, 1 thread", c1 / native, None,
+                               baseline_value=ns_c, vs_numpy=ns_np / (native / scen_steps * 1e9)))
+        else:
+            figs.append(figure("pump ensemble RK4 compiled, native build (-march=native)",
+                               float("nan"), "ns/scenario-step", "portable build", None, None,
+                               note=why))
+        mem = _peak_rss(scenarios, steps)
+        grown = mem["after"] - mem["before"]
+        figs.append(figure(f"pump ensemble {scenarios}x{steps} peak RSS", mem["after"] / 2**20,
+                           "MiB", "output arrays (MiB) / RSS growth during the run",
+                           mem["output"] / max(grown, 1), None,
+                           output_mib=mem["output"] / 2**20, growth_mib=grown / 2**20))
+    return figs

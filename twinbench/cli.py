@@ -1,0 +1,113 @@
+"""The ``twinbench`` command.
+
+Subcommands: ``bench`` (benchmarks with figures and ratios) and ``demo`` (the main job; until the
+live plant and dashboard exist, a demonstration of the kernel on the pump model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+#: ``twinbench bench AREA``: the modules that make up each area.
+BENCH_AREAS = {
+    "kernel": ["integrate", "estimate", "detect", "rul"],
+    "integrate": ["integrate"],
+    "estimate": ["estimate"],
+    "detect": ["detect"],
+    "rul": ["rul"],
+}
+
+
+def _format_table(figs: list[dict]) -> str:
+    from twinbench.bench._common import met
+
+    rows = [("figure", "value", "baseline", "ratio", "target", "")]
+    for f in figs:
+        value = f["value"]
+        vtxt = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g} {f['unit']}"
+        ratio = "" if f["ratio"] is None else f"{f['ratio']:.3g}x"
+        target = "" if f["target"] is None else f">= {f['target']:g}x"
+        ok = {True: "ok", False: "MISSED", None: ""}[met(f)]
+        base = f["baseline"] + (f" ({f['note']})" if f.get("note") else "")
+        rows.append((f["name"], vtxt, base, ratio, target, ok))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from twinbench.bench._common import met
+
+    modules = []
+    for area in args.areas or ["kernel"]:
+        modules += [m for m in BENCH_AREAS[area] if m not in modules]
+    figs: list[dict] = []
+    for name in modules:
+        mod = importlib.import_module(f"twinbench.bench.{name}")
+        if not args.json:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+        figs += mod.run(quick=args.quick)
+    if args.json:
+        print(json.dumps(figs, indent=None if args.compact else 1, allow_nan=True))
+    else:
+        print(_format_table(figs))
+    if args.check and any(met(f) is False for f in figs):
+        return 1
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from twinbench.demo import kernel_demo
+
+    return kernel_demo(quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twinbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    b = sub.add_parser("bench", help="run benchmarks and print figures with ratios to baselines",
+                       description="Run benchmarks. Each figure is measured side by side with its "
+                                   "baseline in the same run; ratio > 1 means faster.")
+    b.add_argument("areas", nargs="*", choices=sorted(BENCH_AREAS), metavar="AREA",
+                   help=f"what to measure: {', '.join(sorted(BENCH_AREAS))} (default: kernel)")
+    b.add_argument("--json", action="store_true", help="print one JSON list of figures")
+    b.add_argument("--compact", action="store_true", help="with --json: on one line")
+    b.add_argument("--quick", action="store_true", help="small sizes (a smoke test, not figures)")
+    b.add_argument("--check", action="store_true", help="exit 1 if a figure misses its target")
+    b.set_defaults(func=_bench)
+
+    d = sub.add_parser("demo", help="run the main demonstration")
+    d.add_argument("--quick", action="store_true", help="a shorter run")
+    d.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from twinbench import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
