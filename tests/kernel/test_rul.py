@@ -110,6 +110,22 @@ def test_weighted_summary_against_replicated_sample(kernel):
     assert mean == pytest.approx(1.5)
 
 
+def test_weighted_summary_compiled_equals_numpy_with_ties_zeros_and_infinities():
+    rng = np.random.default_rng(8)
+    n = 3000
+    values = rng.choice([0.0, -0.0, 1.0, 2.5, np.inf, -np.inf], n)
+    values[::7] = rng.normal(size=values[::7].size)
+    logw = rng.normal(size=n)
+    logw -= np.log(np.exp(logw).sum())
+    q = np.linspace(0.0, 1.0, 41)
+    res = {}
+    for name, kernel in KERNELS.items():
+        out = np.empty(q.size)
+        res[name] = out, kernel.weighted_summary(values, logw, q, 1.0, 10.0, out)
+    np.testing.assert_array_equal(res["c"][0], res["numpy"][0])
+    np.testing.assert_allclose(res["c"][1], res["numpy"][1], rtol=1e-12)
+
+
 @pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_exp_rul_is_the_threshold_crossing(kernel, sign):

@@ -11,32 +11,67 @@ runs over contiguous memory.
 """
 
 from libc.math cimport exp, log, INFINITY
-from libc.stdlib cimport malloc, free, qsort
-from libc.string cimport memcpy
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
 
-cdef struct _Pair:
-    double value
-    double weight
-    Py_ssize_t index
+cdef inline uint64_t _sort_key(double v) noexcept nogil:
+    # An unsigned key whose order is the numeric order of doubles, NaN last and -0.0 == 0.0, as
+    # NumPy sorts them.
+    cdef uint64_t bits
+    if v != v:
+        return 0xFFFFFFFFFFFFFFFFULL
+    v = v + 0.0
+    memcpy(&bits, &v, sizeof(double))
+    if bits >> 63:
+        return ~bits
+    return bits | (<uint64_t>1 << 63)
 
 
-cdef int _cmp_pair(const void* pa, const void* pb) noexcept nogil:
-    # Ascending by value, ties by original index: the order of a stable argsort, so that the
-    # cumulative weights are summed in the same order as in the NumPy reference.
-    cdef const _Pair* a = <const _Pair*>pa
-    cdef const _Pair* b = <const _Pair*>pb
-    if a.value < b.value:
-        return -1
-    if a.value > b.value:
-        return 1
-    if a.index < b.index:
-        return -1
-    if a.index > b.index:
-        return 1
-    return 0
+cdef void _argsort_stable(const double* values, Py_ssize_t n, Py_ssize_t* order,
+                          Py_ssize_t* order2, uint64_t* keys, uint64_t* keys2) noexcept nogil:
+    # LSD radix sort, one byte per pass. Stable, so ties keep index order: the same permutation
+    # as np.argsort(kind="stable"), hence cumulative weights summed in the reference's order.
+    cdef Py_ssize_t count[256]
+    cdef Py_ssize_t i, d, c, total, pos
+    cdef int shift
+    cdef Py_ssize_t* src_o = order
+    cdef Py_ssize_t* dst_o = order2
+    cdef uint64_t* src_k = keys
+    cdef uint64_t* dst_k = keys2
+    cdef Py_ssize_t* to
+    cdef uint64_t* tk
+    for i in range(n):
+        keys[i] = _sort_key(values[i])
+        order[i] = i
+    for shift in range(0, 64, 8):
+        memset(count, 0, sizeof(count))
+        for i in range(n):
+            count[(src_k[i] >> shift) & 255] += 1
+        if count[(src_k[0] >> shift) & 255] == n:
+            continue                  # every key has this byte: the pass would change nothing
+        total = 0
+        for d in range(256):
+            c = count[d]
+            count[d] = total
+            total += c
+        for i in range(n):
+            d = (src_k[i] >> shift) & 255
+            pos = count[d]
+            count[d] = pos + 1
+            dst_k[pos] = src_k[i]
+            dst_o[pos] = src_o[i]
+        to = src_o
+        src_o = dst_o
+        dst_o = to
+        tk = src_k
+        src_k = dst_k
+        dst_k = tk
+    if src_o != order:
+        memcpy(order, src_o, n * sizeof(Py_ssize_t))
 
 
 cdef inline void _jitter(double* theta, const double* std, const double* noise, Py_ssize_t p,
@@ -53,19 +88,13 @@ cdef inline void _jitter(double* theta, const double* std, const double* noise, 
             row[i] = row[i] + s * nrow[i]
 
 
-cdef double _normalise(double* logw, double* w, Py_ssize_t n) noexcept nogil:
+cdef double _normalise_from_max(double* logw, double* w, Py_ssize_t n, double m) noexcept nogil:
+    # ``m``: the largest log-weight, NaNs already replaced by -inf. The sums run sequentially in
+    # index order, as np.cumsum does in the reference.
     cdef Py_ssize_t i
-    cdef double m = -INFINITY
     cdef double s = 0.0
     cdef double s2 = 0.0
-    cdef double lse, inv, lw
-    for i in range(n):
-        lw = logw[i]
-        if lw != lw:
-            lw = -INFINITY
-            logw[i] = lw
-        if lw > m:
-            m = lw
+    cdef double lse, inv, lw, wi
     if not (m > -INFINITY):
         lw = -log(<double>n)
         inv = 1.0 / <double>n
@@ -74,17 +103,31 @@ cdef double _normalise(double* logw, double* w, Py_ssize_t n) noexcept nogil:
             w[i] = inv
         return 0.0
     for i in range(n):
-        w[i] = exp(logw[i] - m)
-    for i in range(n):
-        s = s + w[i]
+        wi = exp(logw[i] - m)
+        w[i] = wi
+        s = s + wi
     lse = m + log(s)
     inv = 1.0 / s
     for i in range(n):
         logw[i] = logw[i] - lse
-        w[i] = w[i] * inv
-    for i in range(n):
-        s2 = s2 + w[i] * w[i]
+        wi = w[i] * inv
+        w[i] = wi
+        s2 = s2 + wi * wi
     return 1.0 / s2
+
+
+cdef double _normalise(double* logw, double* w, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double m = -INFINITY
+    cdef double lw
+    for i in range(n):
+        lw = logw[i]
+        if lw != lw:
+            lw = -INFINITY
+            logw[i] = lw
+        if lw > m:
+            m = lw
+    return _normalise_from_max(logw, w, n, m)
 
 
 cdef void _systematic(const double* w, Py_ssize_t n, double u, Py_ssize_t* idx) noexcept nogil:
@@ -174,7 +217,7 @@ def exp_filter(double[:, ::1] theta, double[::1] logw, const double[::1] times,
     cdef Py_ssize_t m = times.shape[0], p = theta.shape[0], n = theta.shape[1]
     cdef Py_ssize_t k, i
     cdef double inv_sigma = 1.0 / meas_std
-    cdef double t, dt, y, h, r, ess
+    cdef double t, dt, y, h, r, ess, lwi, mx
     cdef double* z
     cdef double* b
     cdef double* lw
@@ -191,12 +234,18 @@ def exp_filter(double[:, ::1] theta, double[::1] logw, const double[::1] times,
             t_prev = t
             y = values[k]
             _jitter(z, &process_std[0], &noise[k, 0, 0], p, n)
+            mx = -INFINITY
             for i in range(n):
                 z[i] = z[i] + b[i] * dt
                 h = offset + sign * exp(z[i])
                 r = (y - h) * inv_sigma
-                lw[i] = lw[i] - 0.5 * r * r
-            ess = _normalise(lw, &w[0], n)
+                lwi = lw[i] - 0.5 * r * r
+                if lwi != lwi:
+                    lwi = -INFINITY
+                lw[i] = lwi
+                if lwi > mx:
+                    mx = lwi
+            ess = _normalise_from_max(lw, &w[0], n, mx)
             if ess == 0.0:
                 collapsed += 1
             ess_out[k] = ess
@@ -234,20 +283,21 @@ def weighted_summary(const double[::1] values, const double[::1] logw,
     """Weighted quantiles, capped mean and P(value <= within) (see the NumPy reference)."""
     cdef Py_ssize_t n = values.shape[0], nq = quantiles.shape[0], i, j, k
     cdef double total = 0.0, mean = 0.0, p = 0.0, target, wi, v
-    cdef _Pair* pairs = <_Pair*>malloc(n * sizeof(_Pair))
-    cdef double* cum = <double*>malloc(n * sizeof(double))
-    if pairs == NULL or cum == NULL:
-        free(pairs)
-        free(cum)
+    cdef double* w = <double*>malloc(2 * n * sizeof(double))
+    cdef Py_ssize_t* order = <Py_ssize_t*>malloc(2 * n * sizeof(Py_ssize_t))
+    cdef uint64_t* keys = <uint64_t*>malloc(2 * n * sizeof(uint64_t))
+    cdef double* cum
+    if w == NULL or order == NULL or keys == NULL:
+        free(w)
+        free(order)
+        free(keys)
         raise MemoryError()
+    cum = w + n
     try:
         with nogil:
             for i in range(n):
-                pairs[i].value = values[i]
-                pairs[i].weight = exp(logw[i])
-                pairs[i].index = i
-            for i in range(n):
-                wi = pairs[i].weight
+                wi = exp(logw[i])
+                w[i] = wi
                 if wi > 0.0:
                     v = values[i]
                     if v > cap:
@@ -255,18 +305,18 @@ def weighted_summary(const double[::1] values, const double[::1] logw,
                     mean = mean + wi * v
                 if values[i] <= within:
                     p = p + wi
-            qsort(pairs, n, sizeof(_Pair), _cmp_pair)
+            _argsort_stable(&values[0], n, order, order + n, keys, keys + n)
             for i in range(n):
-                total = total + pairs[i].weight
+                total = total + w[order[i]]
                 cum[i] = total
-            j = 0
             for k in range(nq):
                 target = quantiles[k] * total
                 j = 0
                 while j < n - 1 and cum[j] < target:
                     j += 1
-                q_out[k] = pairs[j].value
+                q_out[k] = values[order[j]]
     finally:
-        free(pairs)
-        free(cum)
+        free(w)
+        free(order)
+        free(keys)
     return mean / total, p / total
