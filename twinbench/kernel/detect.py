@@ -991,8 +991,8 @@ class NisChiSquare(_Detector):
         self._check_times(times, x.shape[0])
         if np.any(x < 0.0):
             raise ValueError("nis: expected non-negative values (an NIS is a squared norm)")
-        self._channels(x, "nis")
         d, d_max = self._as_dof(dof, x.shape)
+        self._channels(x, "nis")
         self._ensure_tables(self.window * d_max)
         st, od, a = self._outputs(x.shape[0], (np.float64, np.int64, np.bool_))
         s = self._state
