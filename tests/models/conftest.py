@@ -1,0 +1,74 @@
+"""Helpers shared by the model tests: call a model's C functions directly, solve steady states."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+_FN = ctypes.CFUNCTYPE(None, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_void_p)
+_get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_get_pointer.restype = ctypes.c_void_p
+_get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def call_capsule(capsule, rows: int, t: float, x, u, p, pad: int = 3) -> np.ndarray:
+    """Call a ``twinbench.model_fn`` capsule on ``(rows_in, n)`` arrays; return ``(rows, n)``.
+
+    The arrays are copied into blocks with a leading dimension ``ld = n + pad`` so that a C
+    function that confuses ``n`` and ``ld`` gives wrong answers rather than passing by luck.
+    """
+    fn = _FN(_get_pointer(capsule, b"twinbench.model_fn"))
+    n = np.shape(x)[1]
+    ld = n + pad
+
+    def block(a, nrows):
+        b = np.full((max(nrows, 1), ld), np.nan)
+        b[:nrows, :n] = np.asarray(a, dtype=float).reshape(nrows, n)
+        return b
+
+    xb, ub, pb = block(x, len(x)), block(u, len(u)), block(p, len(p))
+    out = np.full((rows, ld), np.nan)
+    ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    fn(t, ptr(xb), ptr(ub), ptr(pb), ptr(out), n, ld, None)
+    return out[:, :n]
+
+
+def defaults(model, n: int = 1):
+    """Declared defaults as ``(nx, n)``, ``(nu, n)``, ``(np, n)`` arrays."""
+    col = lambda vs: np.tile(np.array([[v.default] for v in vs], dtype=float), (1, n))  # noqa
+    return col(model.states), col(model.inputs), col(model.params)
+
+
+def fd_jacobian(rhs, x, u, p, rel: float = 1e-6) -> np.ndarray:
+    """Central-difference Jacobian ``(nx, nx, n)`` of a NumPy right-hand side."""
+    nx, n = x.shape
+    J = np.empty((nx, nx, n))
+    for c in range(nx):
+        h = rel * np.maximum(np.abs(x[c]), 1e-3)
+        xp, xm = x.copy(), x.copy()
+        xp[c] += h
+        xm[c] -= h
+        J[:, c, :] = (rhs(0.0, xp, u, p) - rhs(0.0, xm, u, p)) / (2 * h)
+    return J
+
+
+def newton_steady_state(rhs, jac, x, u, p, free, iters: int = 50) -> np.ndarray:
+    """Solve ``rhs[free] = 0`` for the states ``free`` (others held), one scenario ``(nx, 1)``."""
+    x = np.array(x, dtype=float)
+    free = list(free)
+    for _ in range(iters):
+        f = rhs(0.0, x, u, p)[free, 0]
+        J = jac(0.0, x, u, p)[np.ix_(free, free, [0])][..., 0]
+        dx = np.linalg.solve(J, -f)
+        x[free, 0] += dx
+        if np.all(np.abs(dx) <= 1e-13 * np.maximum(np.abs(x[free, 0]), 1.0)):
+            break
+    return x
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240611)
