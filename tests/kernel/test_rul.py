@@ -479,10 +479,9 @@ def test_user_model_needs_callable_prior_and_horizon():
     with pytest.raises(TypeError, match="prior"):
         ParticleFilterRUL(hi, threshold=1.0, measurement_std=0.1, horizon=10.0,
                           prior={"b": (0.0, 1.0)})
-    wrong = ParticleFilterRUL(lambda t, th: th, threshold=1.0, measurement_std=0.1,
-                              horizon=10.0, prior=lambda rng, n: rng.normal(size=(2, n)))
     with pytest.raises(ValueError, match="model"):
-        wrong.update([0.0, 1.0], [0.1, 0.2])
+        ParticleFilterRUL(lambda t, th: th, threshold=1.0, measurement_std=0.1,
+                          horizon=10.0, prior=lambda rng, n: rng.normal(size=(2, n)))
 
 
 def test_bad_updates_raise_naming_the_argument():
@@ -507,6 +506,18 @@ def test_bad_updates_raise_naming_the_argument():
         pf.rul(within=np.nan)
     below = make_pf(offset=1.0)
     with pytest.raises(ValueError, match="values"):
-        below.update([0.0], [0.5])                           # first value below the offset
+        below.update(np.array(["2024-01-01"], "datetime64[ns]"), [0.5])   # below the offset
+    below.update([0.0], [1.5])     # the rejected batch fixed neither the kind of time nor origin
+    assert below.n_measurements == 1
     with pytest.raises(ValueError, match="times"):
         make_pf(origin=10.0).update([5.0], [0.5])            # before the origin
+
+
+def test_benchmark_quick_run_reports_figures():
+    from twinbench.bench import rul as bench
+
+    figs = bench.run(quick=True)
+    assert len(figs) == 5
+    for f in figs:
+        assert f["value"] > 0 and f["ratio"] > 0 and f["target"] is None
+    assert figs[0]["particle_updates_per_s"] == pytest.approx(figs[0]["value"] * 5000)

@@ -166,9 +166,18 @@ cdef bint _resample_if_needed(double* theta, double* logw, const double* w, doub
     return True
 
 
+cdef int _check(bint ok, str what) except -1:
+    # Shapes are checked once per call (the public module builds them right), so that a wrong
+    # call from elsewhere raises instead of reading out of bounds.
+    if not ok:
+        raise ValueError(f"_degrade: inconsistent array shapes ({what})")
+    return 0
+
+
 def jitter(double[:, ::1] theta, const double[::1] process_std, const double[:, ::1] noise):
     """Random-walk step in place: ``theta[j] += process_std[j] * noise[j]``."""
     cdef Py_ssize_t p = theta.shape[0], n = theta.shape[1]
+    _check(process_std.shape[0] == p and noise.shape[0] == p and noise.shape[1] == n, "jitter")
     if n == 0:
         return
     with nogil:
@@ -178,6 +187,7 @@ def jitter(double[:, ::1] theta, const double[::1] process_std, const double[:, 
 def normalise(double[::1] logw, double[::1] w):
     """Normalise log-weights in place; normalised weights into ``w``; return the ESS."""
     cdef double ess
+    _check(logw.shape[0] == w.shape[0] and logw.shape[0] > 0, "normalise")
     with nogil:
         ess = _normalise(&logw[0], &w[0], logw.shape[0])
     return ess
@@ -185,6 +195,7 @@ def normalise(double[::1] logw, double[::1] w):
 
 def systematic_resample(const double[::1] w, double u, Py_ssize_t[::1] idx):
     """Systematic resampling indices into ``idx`` (see the NumPy reference)."""
+    _check(w.shape[0] == idx.shape[0] and w.shape[0] > 0, "systematic_resample")
     with nogil:
         _systematic(&w[0], w.shape[0], u, &idx[0])
 
@@ -197,6 +208,8 @@ def assimilate(double[:, ::1] theta, double[::1] logw, const double[::1] pred, d
     cdef double inv_sigma = 1.0 / meas_std
     cdef double r, ess
     cdef bint resampled
+    _check(n > 0 and logw.shape[0] == n and pred.shape[0] == n and w.shape[0] == n
+           and work.shape[0] == p and work.shape[1] == n and idx.shape[0] == n, "assimilate")
     with nogil:
         for i in range(n):
             r = (value - pred[i]) * inv_sigma
@@ -222,6 +235,11 @@ def exp_filter(double[:, ::1] theta, double[::1] logw, const double[::1] times,
     cdef double* b
     cdef double* lw
     cdef int collapsed = 0
+    _check(p == 2 and n > 0 and logw.shape[0] == n and values.shape[0] == m
+           and noise.shape[0] == m and noise.shape[1] == p and noise.shape[2] == n
+           and uniforms.shape[0] == m and process_std.shape[0] == p and ess_out.shape[0] == m
+           and resampled_out.shape[0] == m and w.shape[0] == n and work.shape[0] == p
+           and work.shape[1] == n and idx.shape[0] == n, "exp_filter")
     if m == 0:
         return 0
     with nogil:
@@ -260,6 +278,7 @@ def exp_rul(const double[:, ::1] theta, double offset, double sign, double thres
     cdef Py_ssize_t n = theta.shape[1], i
     cdef double level = log(sign * (threshold - offset))
     cdef double zi, bi, r
+    _check(theta.shape[0] == 2 and out.shape[0] == n, "exp_rul")
     with nogil:
         for i in range(n):
             zi = theta[0, i]
@@ -283,10 +302,14 @@ def weighted_summary(const double[::1] values, const double[::1] logw,
     """Weighted quantiles, capped mean and P(value <= within) (see the NumPy reference)."""
     cdef Py_ssize_t n = values.shape[0], nq = quantiles.shape[0], i, j, k
     cdef double total = 0.0, mean = 0.0, p = 0.0, target, wi, v
-    cdef double* w = <double*>malloc(2 * n * sizeof(double))
-    cdef Py_ssize_t* order = <Py_ssize_t*>malloc(2 * n * sizeof(Py_ssize_t))
-    cdef uint64_t* keys = <uint64_t*>malloc(2 * n * sizeof(uint64_t))
+    cdef double* w
+    cdef Py_ssize_t* order
+    cdef uint64_t* keys
     cdef double* cum
+    _check(n > 0 and logw.shape[0] == n and q_out.shape[0] == nq, "weighted_summary")
+    w = <double*>malloc(2 * n * sizeof(double))
+    order = <Py_ssize_t*>malloc(2 * n * sizeof(Py_ssize_t))
+    keys = <uint64_t*>malloc(2 * n * sizeof(uint64_t))
     if w == NULL or order == NULL or keys == NULL:
         free(w)
         free(order)

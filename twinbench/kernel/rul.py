@@ -56,8 +56,8 @@ from twinbench.kernel._check_build import pure_python
 __all__ = ["ParticleFilterRUL", "RULEstimate"]
 
 _EXP_PARAMS = ("log_a", "b")
-# Largest block of process noise drawn at once (doubles): bounds memory for long batches.
-_NOISE_BLOCK = 1 << 21
+# Largest block of process noise drawn at once (doubles): bounds the memory a filter keeps for it.
+_NOISE_BLOCK = 1 << 18
 
 
 class RULEstimate(NamedTuple):
@@ -292,6 +292,12 @@ class ParticleFilterRUL:
         self._w = np.full(n, 1.0 / n)
         self._work = np.empty_like(self._theta)
         self._idx = np.empty(n, dtype=np.intp)
+        self._noise_buf: np.ndarray | None = None
+        if self._hi is not None:
+            # One trial call, so that a model of the wrong shape fails here and not mid-batch.
+            view = self._theta.view()
+            view.flags.writeable = False
+            self._predict(0.0, view)
 
         self._origin_spec = origin
         self._time_kind: str | None = None   # "datetime" or "float", fixed by the first update
@@ -314,7 +320,8 @@ class ParticleFilterRUL:
         try:
             q = np.array(quantiles, dtype=np.float64, ndmin=1)
         except (TypeError, ValueError):
-            raise TypeError(f"quantiles: expected a sequence of numbers, got {quantiles!r}") from None
+            raise TypeError(f"quantiles: expected a sequence of numbers, got {quantiles!r}") \
+                from None
         if q.ndim != 1 or q.size == 0:
             raise ValueError(f"quantiles: expected a non-empty 1-D sequence, got shape {q.shape}")
         if not np.all((q >= 0) & (q <= 1)):
@@ -398,8 +405,9 @@ class ParticleFilterRUL:
         return np.ascontiguousarray(std)
 
     # -- time ----------------------------------------------------------------------------------
-    def _relative_times(self, times: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Validate ``times``; return seconds since origin and the absolute times (ns or s)."""
+    def _relative_times(self, times: Any, n: int) -> tuple[np.ndarray, np.ndarray, str, Any]:
+        """Validate ``times``; return seconds since origin, the absolute times (datetime64[ns] or
+        float s), the kind of time and the origin (int ns or float s)."""
         t = np.asarray(times)
         if t.ndim != 1 or t.shape[0] != n:
             raise ValueError(f"times: expected a 1-D array of the same length as values ({n}), got "
@@ -420,7 +428,7 @@ class ParticleFilterRUL:
             raise TypeError(f"times: this filter was started with {self._time_kind} times, got "
                             f"{kind} times")
         if n == 0:
-            return np.empty(0), t
+            return np.empty(0), t, kind, self._origin
         origin = self._origin if self._time_kind is not None else self._make_origin(kind, t[0])
         if kind == "datetime":
             rel = (t.view(np.int64) - origin).astype(np.float64) / 1e9
@@ -436,10 +444,7 @@ class ParticleFilterRUL:
         if self._started and rel[0] < self._t_prev:
             raise ValueError(f"times: the batch starts at {t[0]}, before the latest assimilated "
                              f"measurement {self._t_last_abs}")
-        # Only a valid batch fixes the kind of time and the origin.
-        self._time_kind = kind
-        self._origin = origin
-        return rel, t
+        return rel, t, kind, origin
 
     def _make_origin(self, kind: str, first: Any) -> int | float:
         spec = self._origin_spec
@@ -487,25 +492,33 @@ class ParticleFilterRUL:
                 from None
         if y.ndim != 1:
             raise ValueError(f"values: expected a 1-D array, got shape {y.shape}")
-        rel, t_abs = self._relative_times(times, y.shape[0])
+        rel, t_abs, kind, origin = self._relative_times(times, y.shape[0])
         ok = np.isfinite(y)
-        self.n_skipped += int(y.shape[0] - np.count_nonzero(ok))
         if not np.any(ok):
+            self.n_skipped += y.shape[0]
             return self.estimate()
         rel = np.ascontiguousarray(rel[ok])
-        y = np.ascontiguousarray(y[ok])
         t_last = t_abs[ok][-1]
-        t_last = t_last if self._time_kind == "datetime" else float(t_last)
         if self._pending_log_a is not None:
-            self._init_log_a(y[0])
+            self._init_log_a(y[ok][0])
+        # The batch is valid: only now does it fix the kind of time and the origin.
+        self._time_kind = kind
+        self._origin = origin
+        self.n_skipped += int(y.shape[0] - np.count_nonzero(ok))
+        y = np.ascontiguousarray(y[ok])
+        t_last = t_last if kind == "datetime" else float(t_last)
         m = y.shape[0]
         p, n = self._theta.shape
         block = max(1, _NOISE_BLOCK // (p * n))
         ess = np.empty(m)
         resampled = np.zeros(m, dtype=np.uint8)
+        if self._noise_buf is None or self._noise_buf.shape[0] < min(m, block):
+            # Reused between batches: fresh pages for every batch cost as much as filling them.
+            self._noise_buf = np.empty((min(m, block), p, n))
         for s in range(0, m, block):
             e = min(m, s + block)
-            noise = self._noise_rng.standard_normal((e - s, p, n))
+            noise = self._noise_buf[:e - s]
+            self._noise_rng.standard_normal(out=noise)
             uniforms = self._resample_rng.random(e - s)
             if self._hi is None:
                 self.n_collapsed += self._k.exp_filter(
