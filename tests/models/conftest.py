@@ -1,8 +1,11 @@
-"""Helpers shared by the model tests: call a model's C functions directly, solve steady states."""
+"""Helpers shared by the model tests (as the ``tools`` fixture: the tests are imported in
+``importlib`` mode, so they cannot import this module): call a model's C functions directly,
+finite-difference Jacobians, steady states."""
 
 from __future__ import annotations
 
 import ctypes
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -67,6 +70,27 @@ def newton_steady_state(rhs, jac, x, u, p, free, iters: int = 50) -> np.ndarray:
         if np.all(np.abs(dx) <= 1e-13 * np.maximum(np.abs(x[free, 0]), 1.0)):
             break
     return x
+
+
+def steady(model, inputs=None, params=None, free=None, x0=None):
+    """Steady state of ``model`` (one scenario) by Newton on the states ``free`` (default: all
+    but those whose name contains "wear" or "fade", which never settle); returns ``(x, u, p)``."""
+    x, u, p = defaults(model)
+    for k, v in (inputs or {}).items():
+        u[model.input_names.index(k)] = v
+    for k, v in (params or {}).items():
+        p[model.param_names.index(k)] = v
+    for k, v in (x0 or {}).items():
+        x[model.state_names.index(k)] = v
+    if free is None:
+        free = [i for i, s in enumerate(model.state_names) if "wear" not in s and "fade" not in s]
+    return newton_steady_state(model.rhs, model.jacobian, x, u, p, free), u, p
+
+
+@pytest.fixture
+def tools():
+    return SimpleNamespace(call_capsule=call_capsule, defaults=defaults, fd_jacobian=fd_jacobian,
+                           newton_steady_state=newton_steady_state, steady=steady)
 
 
 @pytest.fixture

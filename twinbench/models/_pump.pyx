@@ -13,14 +13,17 @@ cdef double RPM = M_PI / 30.0
 cdef double T_REF_COPPER = 293.15
 cdef double EPS_R = 1e-2
 cdef double EPS_Q = 1e-4
+cdef double EPS_CV = 1e-5
+cdef double EPS_ON = 2e-2
 cdef double VIB_FLOOR = 0.05
 
 
 cdef void _rhs(double t, const double* x, const double* u, const double* p, double* out,
                Py_ssize_t n, Py_ssize_t ld, void* ctx) noexcept nogil:
     cdef Py_ssize_t i
-    cdef double w, Q, Tw, wear, w_set, valve, Ta, w_n, T_n, w_slip_n, i0, Q_b, H_b, P_bep, k0, k1
-    cdef double H0, h2, inertance, c_f, l0, k_off, r, sr, sQ, H, T_L, a_max, e, z, sz, f0, v2
+    cdef double w, Q, Tw, wear, w_set, valve, Ta, w_n, T_n, w_slip_n, s_on, i02, Q_b, H_b
+    cdef double P_bep, k0, k1
+    cdef double H0, h2, inertance, c_f, l0, k_off, r, sr, sQ, sC, H, T_L, a_max, e, z, sz, f0, v2
     cdef double k_sys, f1, T_e, tq, i2, theta, P_cu, P_rot, P_fe, G_th, f2, q, d, ell, ell3, grow
     for i in range(n):
         w = x[0 * ld + i]
@@ -34,7 +37,8 @@ cdef void _rhs(double t, const double* x, const double* u, const double* p, doub
         w_n = p[1 * ld + i] * RPM
         T_n = p[0 * ld + i] / w_n
         w_slip_n = w_n * p[2 * ld + i] / (1.0 - p[2 * ld + i])
-        i0 = p[4 * ld + i]
+        s_on = w_set / w_n
+        i02 = p[4 * ld + i] * p[4 * ld + i] * (s_on * s_on / (s_on * s_on + EPS_ON * EPS_ON))
         Q_b = p[15 * ld + i]
         H_b = p[16 * ld + i]
         P_bep = p[20 * ld + i] * G * Q_b * H_b / p[17 * ld + i]
@@ -50,6 +54,7 @@ cdef void _rhs(double t, const double* x, const double* u, const double* p, doub
         r = w / w_n
         sr = sqrt(r * r + EPS_R * EPS_R)
         sQ = sqrt(Q * Q + EPS_Q * EPS_Q)
+        sC = sqrt(Q * Q + EPS_CV * EPS_CV)
         H = H0 * r * r - h2 * Q * sQ
         T_L = k0 * w * w + k1 * w * Q + c_f * (1.0 + wear) * w
         a_max = w_n / p[13 * ld + i]
@@ -59,10 +64,11 @@ cdef void _rhs(double t, const double* x, const double* u, const double* p, doub
         f0 = a_max * z * sz
         v2 = valve * valve + 1.0 / (p[26 * ld + i] * p[26 * ld + i])
         k_sys = p[24 * ld + i] + p[25 * ld + i] / v2
-        f1 = (H - p[21 * ld + i] - k_sys * Q * sQ) / inertance
+        f1 = (H - p[21 * ld + i] - k_sys * Q * sQ - 0.5 * p[34 * ld + i] * Q * (sC - Q)) \
+            / inertance
         T_e = T_L + p[11 * ld + i] * f0
         tq = T_e / T_n
-        i2 = i0 * i0 + (1.0 - i0 * i0) * tq * tq
+        i2 = i02 + (1.0 - i02) * tq * tq
         theta = 1.0 + p[7 * ld + i] * (Tw - T_REF_COPPER)
         P_cu = p[5 * ld + i] * i2 * theta
         P_rot = w_slip_n * T_e * tq
@@ -84,7 +90,7 @@ cdef void _rhs(double t, const double* x, const double* u, const double* p, doub
 cdef void _output(double t, const double* x, const double* u, const double* p, double* out,
                   Py_ssize_t n, Py_ssize_t ld, void* ctx) noexcept nogil:
     cdef Py_ssize_t i
-    cdef double w, Q, Tw, wear, w_set, w_n, T_n, w_slip_n, i0, Q_b, H_b, P_bep, k0, k1
+    cdef double w, Q, Tw, wear, w_set, w_n, T_n, w_slip_n, s_on, i02, Q_b, H_b, P_bep, k0, k1
     cdef double H0, h2, c_f, l0, k_off, r, sr, H, sQ, T_L, a_max, e, z, sz, f0
     cdef double T_e, tq, i2, theta, P_cu, P_rot, P_fe, d, ell, vb, vh, vw
     for i in range(n):
@@ -97,7 +103,8 @@ cdef void _output(double t, const double* x, const double* u, const double* p, d
         w_n = p[1 * ld + i] * RPM
         T_n = p[0 * ld + i] / w_n
         w_slip_n = w_n * p[2 * ld + i] / (1.0 - p[2 * ld + i])
-        i0 = p[4 * ld + i]
+        s_on = w_set / w_n
+        i02 = p[4 * ld + i] * p[4 * ld + i] * (s_on * s_on / (s_on * s_on + EPS_ON * EPS_ON))
         Q_b = p[15 * ld + i]
         H_b = p[16 * ld + i]
         P_bep = p[20 * ld + i] * G * Q_b * H_b / p[17 * ld + i]
@@ -121,7 +128,7 @@ cdef void _output(double t, const double* x, const double* u, const double* p, d
         f0 = a_max * z * sz
         T_e = T_L + p[11 * ld + i] * f0
         tq = T_e / T_n
-        i2 = i0 * i0 + (1.0 - i0 * i0) * tq * tq
+        i2 = i02 + (1.0 - i02) * tq * tq
         theta = 1.0 + p[7 * ld + i] * (Tw - T_REF_COPPER)
         P_cu = p[5 * ld + i] * i2 * theta
         P_rot = w_slip_n * T_e * tq
@@ -145,8 +152,9 @@ cdef void _output(double t, const double* x, const double* u, const double* p, d
 cdef void _jacobian(double t, const double* x, const double* u, const double* p, double* out,
                     Py_ssize_t n, Py_ssize_t ld, void* ctx) noexcept nogil:
     cdef Py_ssize_t i
-    cdef double w, Q, Tw, wear, w_set, Ta, w_n, T_n, w_slip_n, i0, Q_b, H_b, P_bep, k0, k1
-    cdef double H0, h2, inertance, c_f, l0, k_off, r, sr, sQ, T_L, a_max, e, z, sz, f0, v2
+    cdef double w, Q, Tw, wear, w_set, Ta, w_n, T_n, w_slip_n, s_on, i02, Q_b, H_b, P_bep
+    cdef double k0, k1
+    cdef double H0, h2, inertance, c_f, l0, k_off, r, sr, sQ, sC, T_L, a_max, e, z, sz, f0, v2
     cdef double k_sys, T_e, tq, i2, theta, G_th, d, ell, ell3, grow
     cdef double dTL_dw, dTL_dQ, dTL_dwear, gain, s_T, j00, j01, j03, dsr_dw, dQsQ
     cdef double J_in, dTe_dw, dTe_dQ, dTe_dwear, k_i2, k_cu, dPfe_dw, dG_dw, C_th
@@ -162,7 +170,8 @@ cdef void _jacobian(double t, const double* x, const double* u, const double* p,
         w_n = p[1 * ld + i] * RPM
         T_n = p[0 * ld + i] / w_n
         w_slip_n = w_n * p[2 * ld + i] / (1.0 - p[2 * ld + i])
-        i0 = p[4 * ld + i]
+        s_on = w_set / w_n
+        i02 = p[4 * ld + i] * p[4 * ld + i] * (s_on * s_on / (s_on * s_on + EPS_ON * EPS_ON))
         Q_b = p[15 * ld + i]
         H_b = p[16 * ld + i]
         P_bep = p[20 * ld + i] * G * Q_b * H_b / p[17 * ld + i]
@@ -178,6 +187,7 @@ cdef void _jacobian(double t, const double* x, const double* u, const double* p,
         r = w / w_n
         sr = sqrt(r * r + EPS_R * EPS_R)
         sQ = sqrt(Q * Q + EPS_Q * EPS_Q)
+        sC = sqrt(Q * Q + EPS_CV * EPS_CV)
         T_L = k0 * w * w + k1 * w * Q + c_f * (1.0 + wear) * w
         a_max = w_n / p[13 * ld + i]
         e = w_set - w_slip_n * T_L / T_n - w
@@ -188,7 +198,7 @@ cdef void _jacobian(double t, const double* x, const double* u, const double* p,
         k_sys = p[24 * ld + i] + p[25 * ld + i] / v2
         T_e = T_L + p[11 * ld + i] * f0
         tq = T_e / T_n
-        i2 = i0 * i0 + (1.0 - i0 * i0) * tq * tq
+        i2 = i02 + (1.0 - i02) * tq * tq
         theta = 1.0 + p[7 * ld + i] * (Tw - T_REF_COPPER)
         G_th = p[9 * ld + i] * (p[10 * ld + i] + (1.0 - p[10 * ld + i]) * sr)
         d = Q / Q_b - r
@@ -214,7 +224,8 @@ cdef void _jacobian(double t, const double* x, const double* u, const double* p,
         dsr_dw = r / (sr * w_n)
         dQsQ = sQ + Q * Q / sQ
         out[4 * ld + i] = 2.0 * H0 * r / w_n / inertance
-        out[5 * ld + i] = (-h2 * dQsQ - k_sys * dQsQ) / inertance
+        out[5 * ld + i] = (-h2 * dQsQ - k_sys * dQsQ
+                           - 0.5 * p[34 * ld + i] * (sC - 2.0 * Q + Q * Q / sC)) / inertance
         out[6 * ld + i] = 0.0
         out[7 * ld + i] = 0.0
 
@@ -223,7 +234,7 @@ cdef void _jacobian(double t, const double* x, const double* u, const double* p,
         dTe_dw = dTL_dw + J_in * j00
         dTe_dQ = dTL_dQ + J_in * j01
         dTe_dwear = dTL_dwear + J_in * j03
-        k_i2 = 2.0 * (1.0 - i0 * i0) * tq / T_n
+        k_i2 = 2.0 * (1.0 - i02) * tq / T_n
         k_cu = p[5 * ld + i] * theta * k_i2 + 2.0 * w_slip_n * tq
         dPfe_dw = p[6 * ld + i] * (0.5 * dsr_dw + r / w_n)
         dG_dw = p[9 * ld + i] * (1.0 - p[10 * ld + i]) * dsr_dw

@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = ["rhs", "output", "jacobian", "NX", "NU", "NP", "NY"]
 
-NX, NU, NP, NY = 4, 3, 34, 8
+NX, NU, NP, NY = 4, 3, 35, 8
 
 G = 9.80665
 RPM = np.pi / 30.0
@@ -19,6 +19,11 @@ T_REF_COPPER = 293.15
 # Smoothing widths: |r| ~ sqrt(r^2 + EPS_R^2) for the per-unit speed, Q|Q| ~ Q sqrt(Q^2 + EPS_Q^2).
 EPS_R = 1e-2
 EPS_Q = 1e-4
+# Width of the check valve's smooth switch between open (Q > 0) and closed (Q < 0), m3/s; small so
+# that the open valve's residual loss, k_cv * EPS_CV^2 / 4, stays negligible.
+EPS_CV = 1e-5
+# The drive is enabled (magnetising current flows) when the setpoint exceeds ~2 % of rated.
+EPS_ON = 2e-2
 VIB_FLOOR = 0.05
 
 
@@ -35,7 +40,8 @@ def _terms(x, u, p):
     w_n = p[1] * RPM
     T_n = p[0] / w_n
     w_slip_n = w_n * p[2] / (1.0 - p[2])
-    i0 = p[4]
+    s_on = w_set / w_n
+    i02 = p[4] * p[4] * (s_on * s_on / (s_on * s_on + EPS_ON * EPS_ON))
     Q_b = p[15]
     H_b = p[16]
     P_bep = p[20] * G * Q_b * H_b / p[17]
@@ -51,6 +57,7 @@ def _terms(x, u, p):
     r = w / w_n
     sr = np.sqrt(r * r + EPS_R * EPS_R)
     sQ = np.sqrt(Q * Q + EPS_Q * EPS_Q)
+    sC = np.sqrt(Q * Q + EPS_CV * EPS_CV)
     H = H0 * r * r - h2 * Q * sQ
     T_L = k0 * w * w + k1 * w * Q + c_f * (1.0 + wear) * w
     a_max = w_n / p[13]
@@ -60,10 +67,10 @@ def _terms(x, u, p):
     f0 = a_max * z * sz
     v2 = valve * valve + 1.0 / (p[26] * p[26])
     k_sys = p[24] + p[25] / v2
-    f1 = (H - p[21] - k_sys * Q * sQ) / inertance
+    f1 = (H - p[21] - k_sys * Q * sQ - 0.5 * p[34] * Q * (sC - Q)) / inertance
     T_e = T_L + p[11] * f0
     tq = T_e / T_n
-    i2 = i0 * i0 + (1.0 - i0 * i0) * tq * tq
+    i2 = i02 + (1.0 - i02) * tq * tq
     theta = 1.0 + p[7] * (Tw - T_REF_COPPER)
     P_cu = p[5] * i2 * theta
     P_rot = w_slip_n * T_e * tq
@@ -76,9 +83,9 @@ def _terms(x, u, p):
     ell3 = ell * ell * ell
     grow = 1.0 + p[28] * wear
     f3 = p[27] * sr * ell3 * grow
-    return dict(w=w, Q=Q, Tw=Tw, wear=wear, Ta=Ta, w_n=w_n, T_n=T_n, w_slip_n=w_slip_n, i0=i0,
+    return dict(w=w, Q=Q, Tw=Tw, wear=wear, Ta=Ta, w_n=w_n, T_n=T_n, w_slip_n=w_slip_n, i02=i02,
                 Q_b=Q_b, H0=H0, h2=h2, k0=k0, k1=k1, inertance=inertance, c_f=c_f, l0=l0,
-                k_off=k_off, r=r, sr=sr, sQ=sQ, H=H, T_L=T_L, a_max=a_max, z=z, sz=sz,
+                k_off=k_off, r=r, sr=sr, sQ=sQ, sC=sC, H=H, T_L=T_L, a_max=a_max, z=z, sz=sz,
                 k_sys=k_sys, T_e=T_e, tq=tq, i2=i2, theta=theta, P_cu=P_cu, P_rot=P_rot,
                 P_fe=P_fe, G_th=G_th, d=d, ell=ell, ell3=ell3, grow=grow,
                 f0=f0, f1=f1, f2=f2, f3=f3)
@@ -91,7 +98,7 @@ def rhs(t, x, u, p):
 
 
 def output(t, x, u, p):
-    """Sensor readings (speed, flow rate, head, pressure, motor temperature, vibration, current,
+    """Sensor readings (speed, flow rate, total head, pressure, motor temperature, vibration, current,
     power), shape ``(8, n)``."""
     c = _terms(x, u, p)
     r = c["r"]
@@ -134,15 +141,16 @@ def jacobian(t, x, u, p):
     dsr_dw = r / (sr * w_n)
     dQsQ = sQ + Q * Q / sQ
     j10 = 2.0 * c["H0"] * r / w_n / c["inertance"]
-    j11 = (-c["h2"] * dQsQ - c["k_sys"] * dQsQ) / c["inertance"]
+    sC = c["sC"]
+    j11 = (-c["h2"] * dQsQ - c["k_sys"] * dQsQ - 0.5 * p[34] * (sC - 2.0 * Q + Q * Q / sC)) \
+        / c["inertance"]
 
     # winding temperature
     J_in = p[11]
     dTe_dw = dTL_dw + J_in * j00
     dTe_dQ = dTL_dQ + J_in * j01
     dTe_dwear = dTL_dwear + J_in * j03
-    i0 = c["i0"]
-    k_i2 = 2.0 * (1.0 - i0 * i0) * c["tq"] / T_n
+    k_i2 = 2.0 * (1.0 - c["i02"]) * c["tq"] / T_n
     k_cu = p[5] * c["theta"] * k_i2 + 2.0 * w_slip_n * c["tq"]
     dPfe_dw = p[6] * (0.5 * dsr_dw + r / w_n)
     dG_dw = p[9] * (1.0 - p[10]) * dsr_dw
