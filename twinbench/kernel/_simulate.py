@@ -250,9 +250,10 @@ def simulate(model: Model, *, duration, dt, steps, every, x0, inputs, params, sc
     X0 = np.empty((model.nx, nscen))
     for j, v in enumerate(model.states):
         X0[j] = _per_scenario(x0.get(v.name, v.default), nscen, f"x0[{v.name!r}]")
-    P = np.empty((max(model.np, 1), nscen))
+    P = np.empty((model.np, nscen))
     for j, v in enumerate(model.params):
         P[j] = _per_scenario(params.get(v.name, v.default), nscen, f"params[{v.name!r}]")
+    PK = model.kernel_params(P)
     # Inputs live in a compact (time or 1, nu, scenarios or 1) array, broadcast without copying.
     t_len = max([a.shape[0] for a in input_arrays.values()], default=1)
     s_len = max([a.shape[1] for a in input_arrays.values()], default=1)
@@ -272,13 +273,15 @@ def simulate(model: Model, *, duration, dt, steps, every, x0, inputs, params, sc
     if backend == "c":
         from twinbench.kernel import _integrate
 
-        _integrate.integrate(model._compiled, m, 0.0, dt, steps, every, X0, U_view, P, out, bad,
+        # the kernel wants a non-empty parameter buffer even when the model reads none
+        PKc = PK if PK.shape[0] else np.zeros((1, nscen))
+        _integrate.integrate(model._compiled, m, 0.0, dt, steps, every, X0, U_view, PKc, out, bad,
                              threads=nthreads, block=BLOCK)
     else:
         from twinbench.kernel import _integrate_py
 
         _integrate_py.integrate(model.rhs, model.output, model.jacobian, m, 0.0, dt, steps, every,
-                                X0, U_view[:, : model.nu, :], P[: model.np], out, bad)
+                                X0, U_view[:, : model.nu, :], PK, out, bad)
 
     failed = np.flatnonzero(bad >= 0)
     if failed.size:

@@ -139,6 +139,13 @@ class Model:
     compiled : CompiledFns or mapping, optional
         C form: a :class:`twinbench.kernel._model.CompiledFns` or a mapping with capsules under
         ``"rhs"``, ``"output"``, ``"jacobian"`` and optionally ``"ctx"``.
+    derive : callable, optional
+        ``derive(p) -> pk``: maps the declared parameters ``(np, n)`` to the *kernel parameters*
+        ``(nk, n)`` that both forms of ``rhs``/``output``/``jacobian`` then receive as ``p``.
+        Use it to compute, once per simulation instead of at every step, everything that depends
+        on parameters only (rated torque, reciprocals of time constants...): divisions inside
+        the right-hand side are what limit the compiled kernel's speed. Without it, the
+        functions receive the declared parameters.
     description : str
         One paragraph on what the model is.
     references : sequence of str
@@ -167,6 +174,7 @@ class Model:
         output: Callable | None = None,
         jacobian: Callable | None = None,
         compiled: Any = None,
+        derive: Callable | None = None,
         description: str = "",
         references: Iterable[str] = (),
     ):
@@ -192,6 +200,10 @@ class Model:
         self.jacobian = jacobian
         self.description = description
         self.references = tuple(references)
+        if derive is not None and not callable(derive):
+            raise TypeError(f"derive: expected a callable, got {type(derive).__name__}")
+        self.derive = derive
+        self._nk = self.np if derive is None else self._kernel_params_of_defaults().shape[0]
         self._compiled = self._make_compiled(compiled)
         if self.rhs is None and self._compiled is None:
             raise ValueError("a model needs a right-hand side: pass rhs= (NumPy) and/or compiled= (C)")
@@ -236,6 +248,37 @@ class Model:
     @property
     def has_numpy(self) -> bool:
         return self.rhs is not None
+
+    def _kernel_params_of_defaults(self) -> np.ndarray:
+        return self.kernel_params(np.array([[v.default] for v in self.params]).reshape(self.np, 1))
+
+    def kernel_params(self, p: np.ndarray) -> np.ndarray:
+        """The parameters the model functions receive: ``derive(p)``, or ``p`` itself.
+
+        Parameters
+        ----------
+        p : ndarray, shape (np, n)
+            Declared parameters, one column per scenario.
+
+        Returns
+        -------
+        ndarray, shape (nk, n), C-contiguous float64
+        """
+        p = np.asarray(p, dtype=float)
+        if self.derive is None:
+            return np.ascontiguousarray(p)
+        with np.errstate(all="ignore"):
+            pk = np.ascontiguousarray(np.asarray(self.derive(p), dtype=float))
+        if pk.ndim != 2 or pk.shape[1] != p.shape[1]:
+            raise ValueError(f"derive: expected an array of shape (nk, {p.shape[1]}), got "
+                             f"{pk.shape}")
+        bad = ~np.isfinite(pk)
+        if bad.any():
+            scen = int(np.flatnonzero(bad.any(axis=0))[0])
+            raise ValueError(f"params: the parameters of scenario {scen} give non-finite derived "
+                             f"quantities in model {self.name!r} (e.g. a zero time constant or "
+                             "rating); check the values")
+        return pk
 
     def variable(self, name: str) -> Variable:
         """The declaration of ``name`` (state, input, parameter or output)."""
@@ -292,7 +335,7 @@ class Model:
                 raise KeyError(f"compiled: unknown keys {sorted(unknown)}; expected rhs, output, "
                                "jacobian, ctx")
             fns = CompiledFns(compiled.get("rhs"), compiled.get("output"), compiled.get("jacobian"),
-                              self.nx, self.nu, self.np, self.ny, ctx=compiled.get("ctx"),
+                              self.nx, self.nu, self._nk, self.ny, ctx=compiled.get("ctx"),
                               keepalive=compiled.get("keepalive"))
         else:
             raise TypeError(f"compiled: expected CompiledFns or a mapping of capsules, got "
