@@ -27,29 +27,68 @@ cdef inline bint _isfinite(double v) noexcept nogil:
 
 cdef void _mm(const double* A, const double* B, double* C, Py_ssize_t n, Py_ssize_t k,
               Py_ssize_t m) noexcept nogil:
-    """C (n x m) = A (n x k) @ B (k x m)."""
-    cdef Py_ssize_t i, j, l
-    cdef double a
-    for i in range(n):
-        for j in range(m):
-            C[i * m + j] = 0.0
-        for l in range(k):
-            a = A[i * k + l]
-            for j in range(m):
-                C[i * m + j] += a * B[l * m + j]
+    """C (n x m) = A (n x k) @ B (k x m); C must not overlap A or B.
 
-
-cdef void _mmt(const double* A, const double* B, double* C, Py_ssize_t n, Py_ssize_t k,
-               Py_ssize_t m) noexcept nogil:
-    """C (n x m) = A (n x k) @ B^T, with B stored (m x k)."""
+    Blocked over 4, then 2, then 1 columns of C, the block's sums held in registers: at these
+    sizes a dependent chain per element (dot products) or a store-to-load chain through memory
+    (row updates) is what limits the speed, not the arithmetic."""
     cdef Py_ssize_t i, j, l
-    cdef double acc
+    cdef double a, c0, c1, c2, c3
+    cdef const double* b
     for i in range(n):
-        for j in range(m):
-            acc = 0.0
+        j = 0
+        while j + 4 <= m:
+            c0 = 0.0
+            c1 = 0.0
+            c2 = 0.0
+            c3 = 0.0
             for l in range(k):
-                acc += A[i * k + l] * B[j * k + l]
-            C[i * m + j] = acc
+                a = A[i * k + l]
+                b = B + l * m + j
+                c0 += a * b[0]
+                c1 += a * b[1]
+                c2 += a * b[2]
+                c3 += a * b[3]
+            C[i * m + j] = c0
+            C[i * m + j + 1] = c1
+            C[i * m + j + 2] = c2
+            C[i * m + j + 3] = c3
+            j += 4
+        if j + 2 <= m:
+            c0 = 0.0
+            c1 = 0.0
+            for l in range(k):
+                a = A[i * k + l]
+                b = B + l * m + j
+                c0 += a * b[0]
+                c1 += a * b[1]
+            C[i * m + j] = c0
+            C[i * m + j + 1] = c1
+            j += 2
+        if j < m:
+            c0 = 0.0
+            for l in range(k):
+                c0 += A[i * k + l] * B[l * m + j]
+            C[i * m + j] = c0
+
+
+cdef inline void _transpose(const double* A, double* AT, Py_ssize_t n, Py_ssize_t m) noexcept nogil:
+    """AT (m x n) = A (n x m)^T."""
+    cdef Py_ssize_t i, j
+    for i in range(n):
+        for j in range(m):
+            AT[j * n + i] = A[i * m + j]
+
+
+cdef void _sandwich(const double* A, double* P, double* T1, double* T2, Py_ssize_t n) noexcept nogil:
+    """P <- A P A^T (all n x n), with two n x n scratch matrices.
+
+    Products are formed as row updates (``_mm``) rather than dot products: independent
+    multiply-adds instead of one dependent chain per element, which is what bounds these small
+    matrices."""
+    _mm(A, P, T1, n, n, n)
+    _transpose(A, T2, n, n)
+    _mm(T1, T2, P, n, n, n)
 
 
 cdef void _symmetrise(double* P, Py_ssize_t n) noexcept nogil:
@@ -62,8 +101,10 @@ cdef void _symmetrise(double* P, Py_ssize_t n) noexcept nogil:
             P[j * n + i] = v
 
 
-cdef int _cholesky(double* S, Py_ssize_t m) noexcept nogil:
-    """In-place lower Cholesky factor of the SPD matrix S (m x m). Returns -1 if not SPD."""
+cdef int _cholesky(double* S, Py_ssize_t m, double* dinv) noexcept nogil:
+    """In-place lower Cholesky factor L of the SPD matrix S (m x m), and dinv = 1 / diag(L)
+    (the solves multiply by it: a division costs as much as a dozen multiply-adds). Returns -1 if
+    S is not positive definite."""
     cdef Py_ssize_t i, j, l
     cdef double acc
     for j in range(m):
@@ -74,39 +115,48 @@ cdef int _cholesky(double* S, Py_ssize_t m) noexcept nogil:
             return -1
         acc = sqrt(acc)
         S[j * m + j] = acc
+        dinv[j] = 1.0 / acc
         for i in range(j + 1, m):
             for l in range(j):
                 S[i * m + j] -= S[i * m + l] * S[j * m + l]
-            S[i * m + j] /= acc
+            S[i * m + j] *= dinv[j]
     return 0
 
 
-cdef void _forward(const double* L, Py_ssize_t m, double* b) noexcept nogil:
-    """b <- L^-1 b (L lower triangular, m x m)."""
-    cdef Py_ssize_t i, l
-    cdef double acc
+cdef void _solve_lower(const double* L, const double* dinv, Py_ssize_t m, double* B,
+                       Py_ssize_t w) noexcept nogil:
+    """B (m x w) <- L^-1 B, L lower triangular (m x m)."""
+    cdef Py_ssize_t i, l, c
+    cdef double f
     for i in range(m):
-        acc = b[i]
         for l in range(i):
-            acc -= L[i * m + l] * b[l]
-        b[i] = acc / L[i * m + i]
+            f = L[i * m + l]
+            for c in range(w):
+                B[i * w + c] -= f * B[l * w + c]
+        f = dinv[i]
+        for c in range(w):
+            B[i * w + c] *= f
 
 
-cdef void _backward(const double* L, Py_ssize_t m, double* b) noexcept nogil:
-    """b <- L^-T b."""
-    cdef Py_ssize_t i, l
-    cdef double acc
+cdef void _solve_upper_t(const double* L, const double* dinv, Py_ssize_t m, double* B,
+                         Py_ssize_t w) noexcept nogil:
+    """B (m x w) <- L^-T B, L lower triangular (m x m)."""
+    cdef Py_ssize_t i, l, c
+    cdef double f
     for i in range(m - 1, -1, -1):
-        acc = b[i]
         for l in range(i + 1, m):
-            acc -= L[l * m + i] * b[l]
-        b[i] = acc / L[i * m + i]
+            f = L[l * m + i]
+            for c in range(w):
+                B[i * w + c] -= f * B[l * w + c]
+        f = dinv[i]
+        for c in range(w):
+            B[i * w + c] *= f
 
 
 # -- the update shared by both filters -------------------------------------------------------------
 
 cdef Py_ssize_t _update_work(Py_ssize_t nx, Py_ssize_t nz) noexcept nogil:
-    return 4 * nx * nz + 2 * nz * nz + 3 * nz + 2 * nx * nx
+    return 6 * nx * nz + 2 * nz * nz + 4 * nz + 3 * nx * nx
 
 
 cdef int _update(Py_ssize_t nx, Py_ssize_t nz, double* x, double* P, const double* z,
@@ -115,21 +165,26 @@ cdef int _update(Py_ssize_t nx, Py_ssize_t nz, double* x, double* P, const doubl
     """Joseph-form update with the finite components of z (see _estimate_py._update).
 
     zhat (nz) and H (nz x nx) are read only for measured components. Returns -1 if the innovation
-    covariance is not positive definite.
+    covariance is not positive definite. The gain is kept transposed (KT = K^T, m x nx) so that
+    every product below is a sequence of contiguous row updates.
     """
     cdef Py_ssize_t m = 0, a, b, r, c
-    cdef double acc
+    cdef double acc, f
     cdef double* Hr = w
-    cdef double* PHt = Hr + nz * nx
-    cdef double* K = PHt + nx * nz
-    cdef double* KR = K + nx * nz
-    cdef double* S = KR + nx * nz
+    cdef double* HrT = Hr + nz * nx
+    cdef double* HP = HrT + nx * nz
+    cdef double* KT = HP + nz * nx
+    cdef double* RK = KT + nz * nx
+    cdef double* K = RK + nz * nx
+    cdef double* S = K + nz * nx
     cdef double* Rr = S + nz * nz
     cdef double* y = Rr + nz * nz
     cdef double* v = y + nz
-    cdef double* A = v + nz
+    cdef double* idx = v + nz     # measured component indices, stored as doubles
+    cdef double* dinv = idx + nz
+    cdef double* A = dinv + nz
     cdef double* T1 = A + nx * nx
-    cdef double* idx = T1 + nx * nx   # measured component indices, stored as doubles
+    cdef double* T2 = T1 + nx * nx
     for a in range(nz):
         innov[a] = NAN
         svar[a] = NAN
@@ -147,25 +202,26 @@ cdef int _update(Py_ssize_t nx, Py_ssize_t nz, double* x, double* P, const doubl
         memcpy(Hr + a * nx, H + r * nx, nx * sizeof(double))
         for b in range(m):
             Rr[a * m + b] = R[r * nz + <Py_ssize_t> idx[b]]
-    _mmt(P, Hr, PHt, nx, nx, m)                 # PHt = P Hr^T          (nx x m)
-    _mm(Hr, PHt, S, m, nx, m)                   # S = Hr P Hr^T + Rr    (m x m)
+    _mm(Hr, P, HP, m, nx, nx)                   # HP = Hr P = (P Hr^T)^T, P symmetric
+    _transpose(Hr, HrT, m, nx)
+    _mm(HP, HrT, S, m, nx, m)                   # S = Hr P Hr^T + Rr
     for a in range(m * m):
         S[a] += Rr[a]
     for a in range(m):
         svar[<Py_ssize_t> idx[a]] = S[a * m + a]
-    if _cholesky(S, m) != 0:
+    if _cholesky(S, m, dinv) != 0:
         return -1
-    # K = PHt S^-1: row r of K solves S k = PHt[r, :] (S is symmetric)
-    memcpy(K, PHt, nx * m * sizeof(double))
-    for r in range(nx):
-        _forward(S, m, K + r * m)
-        _backward(S, m, K + r * m)
+    # K^T = S^-1 (Hr P) = L^-T L^-1 (Hr P), on whole rows of KT
+    memcpy(KT, HP, m * nx * sizeof(double))
+    _solve_lower(S, dinv, m, KT, nx)
+    _solve_upper_t(S, dinv, m, KT, nx)
     memcpy(v, y, m * sizeof(double))
-    _forward(S, m, v)
+    _solve_lower(S, dinv, m, v, 1)
     acc = 0.0
     for a in range(m):
         acc += v[a] * v[a]
     nis[0] = acc
+    _transpose(KT, K, m, nx)
     for r in range(nx):
         acc = 0.0
         for a in range(m):
@@ -176,12 +232,11 @@ cdef int _update(Py_ssize_t nx, Py_ssize_t nz, double* x, double* P, const doubl
     for r in range(nx):
         for c in range(nx):
             A[r * nx + c] = (1.0 if r == c else 0.0) - A[r * nx + c]
-    _mm(A, P, T1, nx, nx, nx)
-    _mmt(T1, A, P, nx, nx, nx)
-    _mm(K, Rr, KR, nx, m, m)
-    _mmt(KR, K, T1, nx, m, nx)
-    for a in range(nx * nx):
-        P[a] += T1[a]
+    _sandwich(A, P, T1, T2, nx)
+    _mm(Rr, KT, RK, m, m, nx)                   # RK = R K^T
+    _mm(K, RK, T1, nx, m, nx)                   # K R K^T
+    for r in range(nx * nx):
+        P[r] += T1[r]
     _symmetrise(P, nx)
     return 0
 
@@ -234,6 +289,7 @@ def kf_run(const double[:, ::1] F, const double[:, ::1] B, const double[:, ::1] 
     cdef double* Pout = NULL
     cdef double* xp
     cdef double* T1
+    cdef double* T2
     cdef double* zhat
     cdef double* uw
     cdef double* wu
@@ -244,10 +300,11 @@ def kf_run(const double[:, ::1] F, const double[:, ::1] B, const double[:, ::1] 
         return -1
     if out_P is not None:
         Pout = &out_P[0, 0, 0]
-    w = _alloc(nx + nx * nx + nz + nu + _update_work(nx, nz))
+    w = _alloc(nx + 2 * nx * nx + nz + nu + _update_work(nx, nz))
     xp = w
     T1 = xp + nx
-    zhat = T1 + nx * nx
+    T2 = T1 + nx * nx
+    zhat = T2 + nx * nx
     uw = zhat + nz
     wu = uw + nu
     with nogil:
@@ -264,10 +321,10 @@ def kf_run(const double[:, ::1] F, const double[:, ::1] B, const double[:, ::1] 
                     acc += B[r, j] * uw[j]
                 xp[r] = acc
             memcpy(&x[0], xp, nx * sizeof(double))
-            _mm(&F[0, 0], Pp, T1, nx, nx, nx)
-            _mmt(T1, &F[0, 0], Pp, nx, nx, nx)
+            _sandwich(&F[0, 0], Pp, T1, T2, nx)
             for r in range(nx * nx):
                 Pp[r] += Qp[r]
+            _symmetrise(Pp, nx)
             for r in range(nz):
                 acc = 0.0
                 for j in range(nx):
@@ -302,6 +359,7 @@ cdef struct _Ekf:
     double* J       # nx*nx
     double* F       # nx*nx
     double* T1      # nx*nx
+    double* T2      # nx*nx
     double* uprop   # nu (inputs held over the interval being integrated)
     double* zhat    # nz
     double* H       # nz*nx
@@ -333,10 +391,10 @@ cdef void _propagate(_Ekf* e, double t0, double dt, double* x, double* P,
             for c in range(nx):
                 F[r * nx + c] = (1.0 if r == c else 0.0) + J[r * nx + c] + 0.5 * F[r * nx + c]
         rk4_step(e.m, t, h, x, u, e.p, 1, 1, e.step)
-        _mm(F, P, e.T1, nx, nx, nx)
-        _mmt(e.T1, F, P, nx, nx, nx)
+        _sandwich(F, P, e.T1, e.T2, nx)
         for r in range(nx * nx):
             P[r] += e.Q[r] * h
+        _symmetrise(P, nx)
 
 
 cdef void _measurement(_Ekf* e, double t, const double* x, const double* u) noexcept nogil:
@@ -405,12 +463,13 @@ def ekf_run(model, const double[::1] p, const long long[::1] meas, const double[
     for a in range(nz):
         if meas[a] >= 0:
             e.need_outputs = True
-    w = _alloc(3 * nx * nx + 2 * nu + nz + nz * nx + 2 * ny + nx + 8 * nx
+    w = _alloc(4 * nx * nx + 2 * nu + nz + nz * nx + 2 * ny + nx + 8 * nx
                + _update_work(nx, nz))
     e.J = w
     e.F = e.J + nx * nx
     e.T1 = e.F + nx * nx
-    e.uprop = e.T1 + nx * nx
+    e.T2 = e.T1 + nx * nx
+    e.uprop = e.T2 + nx * nx
     uk = e.uprop + nu
     e.zhat = uk + nu
     e.H = e.zhat + nz

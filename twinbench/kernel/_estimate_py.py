@@ -13,7 +13,8 @@ Conventions shared with the compiled module
 * A non-finite measurement component means "not measured": its row is dropped from the update.
   A row of NaN is a predict-only step. A non-finite input component means "unchanged": the last
   finite value (``u_hold``) is used.
-* Update in Joseph form ``P = (I - K H) P (I - K H)^T + K R K^T``, then ``P = (P + P^T) / 2``.
+* Update in Joseph form ``P = (I - K H) P (I - K H)^T + K R K^T``; ``P`` is symmetrised,
+  ``P = (P + P^T) / 2``, after every prediction and every update.
 * Each call returns -1, or the index of the first step whose estimate became non-finite or whose
   innovation covariance was not positive definite (the caller restores the state it saved).
 """
@@ -107,7 +108,7 @@ def kf_run(F, B, H, Q, R, x, P, u_hold, z, u, out_x, out_std, out_innov, out_sva
         if nu:
             x += B @ _hold(u[k], u_hold)
         Pn = F @ P @ F.T + Q
-        P[...] = Pn
+        P[...] = 0.5 * (Pn + Pn.T)
         ok = _update(x, P, z[k], H @ x, H, R, k, out_innov, out_svar, out_nis, out_dof)
         _record(k, x, P, out_x, out_std, out_P)
         if not ok or not _finite(x, P):
@@ -178,7 +179,8 @@ def _propagate(model, t0, dt, x, P, u, p, Q, max_step):
         Jh = _state_jacobian(model, t, x, u, p) * h
         F = eye + Jh + 0.5 * (Jh @ Jh)
         x[...] = _rk4(model.rhs, t, h, x, u, p)
-        P[...] = F @ P @ F.T + Q * h
+        Pn = F @ P @ F.T + Q * h
+        P[...] = 0.5 * (Pn + Pn.T)
 
 
 def ekf_run(model, p, meas, Q, R, max_step, x, P, u_hold, clock, t, z, u, out_x, out_std,

@@ -132,7 +132,7 @@ def _array(value: Any, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
 
 def _matrix(value: Any, name: str, shape: tuple[int, int]) -> np.ndarray:
     m = _array(value, name, (1, 2)) if shape[0] == 1 or shape[1] == 1 else _array(value, name, 2)
-    if m.ndim == 1:
+    if m.ndim == 1 and m.size == shape[0] * shape[1]:
         m = m.reshape(shape)  # a row or column given as 1-D
     if m.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {m.shape}")
@@ -207,11 +207,18 @@ def _times(times: Any, name: str = "times") -> tuple[np.ndarray, bool]:
     return a, False
 
 
-def _check_increasing(t: np.ndarray, after: float, name: str) -> None:
-    if t.size and np.any(np.diff(t) < 0):
-        k = int(np.flatnonzero(np.diff(t) < 0)[0]) + 1
-        raise ValueError(f"{name}: expected non-decreasing times; element {k} goes back in time")
-    if t.size and not math.isnan(after) and t[0] < after:
+def _check_increasing(t: np.ndarray, after: Any, name: str) -> None:
+    """``t`` non-decreasing and not before ``after`` (the filter's current time: a float, NaN or
+    None when there is none yet, or a datetime64)."""
+    if not t.size:
+        return
+    back = np.flatnonzero(t[1:] < t[:-1])
+    if back.size:
+        raise ValueError(f"{name}: expected non-decreasing times; element {int(back[0]) + 1} goes "
+                         "back in time")
+    if after is None or (isinstance(after, float) and math.isnan(after)):
+        return
+    if t[0] < after:
         raise ValueError(f"{name}: the batch starts at {t[0]!r}, before the filter's current time "
                          f"{after!r}; batches must follow each other in time")
 
@@ -640,6 +647,16 @@ class ExtendedKalmanFilter(_Filter):
         """Model-clock time (s) of the current estimate; NaN before the first measurement."""
         return float(self._clock[0])
 
+    def _clock_in_caller_units(self, is_datetime: bool) -> Any:
+        """The current time in the units of ``filter``'s ``times`` (None: none yet)."""
+        if math.isnan(self.time):
+            return None
+        if not is_datetime:
+            return self.time
+        if self._epoch is None:
+            return None  # the time was set by filter_arrays; checked there in model seconds
+        return self._epoch + np.timedelta64(round(self.time * 1e9), "ns")
+
     def reset(self, x0=None, P0=None) -> None:
         """Restart from the prior ``x0``/``P0`` (defaults as in the constructor); the next
         measurement is an update with no prediction before it."""
@@ -671,8 +688,11 @@ class ExtendedKalmanFilter(_Filter):
         t = np.ascontiguousarray(_array(t, "t", 1))
         if not np.isfinite(t).all():
             raise ValueError("t: expected finite times, found NaN or Inf")
-        T = t.shape[0]
         _check_increasing(t, self.time, "t")
+        return self._run(t, measurements, inputs, covariance)
+
+    def _run(self, t: np.ndarray, measurements, inputs, covariance: bool) -> EstimateResult:
+        T = t.shape[0]
         z = _columns(measurements, "measurements", T, self.measured, None)
         u = (np.full((T, self.model.nu), np.nan) if inputs is None
              else _columns(inputs, "inputs", T, self.model.input_names, np.nan))
@@ -724,7 +744,8 @@ class ExtendedKalmanFilter(_Filter):
         u = None
         if inputs is not None:
             u = _columns(inputs, "inputs", T, self.model.input_names, np.nan)
-        result = self.filter_arrays(t, z, u)
+        _check_increasing(time, self._clock_in_caller_units(is_dt), "times")
+        result = self._run(np.ascontiguousarray(t, dtype=float), z, u, False)
         if T:
             self._time_kind = kind
             self._epoch = epoch
