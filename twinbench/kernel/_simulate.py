@@ -18,15 +18,29 @@ if TYPE_CHECKING:
 
     from twinbench.kernel.model import Model
 
-__all__ = ["simulate", "resolve_threads", "BLOCK"]
+__all__ = ["simulate", "resolve_threads", "block_size"]
 
 _METHODS = {"rk4": 0, "ros2": 1}
 _METHOD_NAMES = {
     "rk4": "classical Runge-Kutta 4 (fixed step)",
     "ros2": "ROS2 Rosenbrock, L-stable, order 2 (fixed step)",
 }
-#: Scenarios per block: small enough that a block's working set stays in L1/L2.
-BLOCK = 128
+#: Bytes of per-block work buffers to aim for: about what fits in L1 next to the code.
+BLOCK_BYTES = 24 * 1024
+#: Fixed scenarios per block, or None to size blocks from BLOCK_BYTES.
+BLOCK: int | None = None
+
+
+def block_size(model: Model, nk: int) -> int:
+    """Scenarios per block so that a block's working set stays in the L1 cache (16 to 256,
+    a multiple of 8 so that vector loops have no remainder)."""
+    if BLOCK is not None:
+        return BLOCK
+    nx = model.nx
+    rows = (nx + max(model.nu, 1) + max(nk, 1) + max(model.ny, 1) + 1
+            + max(5 * nx, nx * nx + 7 * nx))
+    ld = BLOCK_BYTES // (8 * rows)
+    return int(min(256, max(16, ld // 8 * 8)))
 #: Ensembles at least this large use all cores by default.
 PARALLEL_MIN_SCENARIOS = 4096
 
@@ -276,7 +290,7 @@ def simulate(model: Model, *, duration, dt, steps, every, x0, inputs, params, sc
         # the kernel wants a non-empty parameter buffer even when the model reads none
         PKc = PK if PK.shape[0] else np.zeros((1, nscen))
         _integrate.integrate(model._compiled, m, 0.0, dt, steps, every, X0, U_view, PKc, out, bad,
-                             threads=nthreads, block=BLOCK)
+                             threads=nthreads, block=block_size(model, PKc.shape[0]))
     else:
         from twinbench.kernel import _integrate_py
 
