@@ -72,9 +72,12 @@ def newton_steady_state(rhs, jac, x, u, p, free, iters: int = 50) -> np.ndarray:
     return x
 
 
-def steady(model, inputs=None, params=None, free=None, x0=None):
-    """Steady state of ``model`` (one scenario) by Newton on the states ``free`` (default: all
-    but those whose name contains "wear" or "fade", which never settle); returns ``(x, u, p)``."""
+def steady(model, inputs=None, params=None, free=None, x0=None, settle=None):
+    """Steady state of ``model`` (one scenario) for constant inputs; returns ``(x, u, p)``.
+
+    Runs the model for ``settle = (duration, dt)`` seconds with ROS2 to get close, then polishes
+    with Newton on the states ``free`` (default: all but those whose name contains "wear" or
+    "fade", which never settle and are held at their initial value)."""
     x, u, p = defaults(model)
     for k, v in (inputs or {}).items():
         u[model.input_names.index(k)] = v
@@ -84,6 +87,15 @@ def steady(model, inputs=None, params=None, free=None, x0=None):
         x[model.state_names.index(k)] = v
     if free is None:
         free = [i for i, s in enumerate(model.state_names) if "wear" not in s and "fade" not in s]
+    if settle is not None:
+        duration, dt = settle
+        ds = model.simulate(duration=duration, dt=dt, method="ros2",
+                            every=int(round(duration / dt)),
+                            x0={k: x[i, 0] for i, k in enumerate(model.state_names)},
+                            inputs={k: u[i, 0] for i, k in enumerate(model.input_names)},
+                            params={k: p[i, 0] for i, k in enumerate(model.param_names)})
+        for i in free:
+            x[i, 0] = float(ds[model.state_names[i]][-1])
     return newton_steady_state(model.rhs, model.jacobian, x, u, p, free), u, p
 
 

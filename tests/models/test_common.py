@@ -107,8 +107,10 @@ def test_declarations(name, tools):
     assert "References" in doc and "Equations" in doc
     for v in model.states + model.inputs + model.outputs:
         assert f"``{v.name}``" in doc, f"{v.name} undocumented in {name}"
-    # physical parameters are positive, initial states finite
-    assert all(v.default > 0 for v in model.params if v.name != "entropic_coefficient")
+    # physical parameters are positive (but a static head and an entropic coefficient may be
+    # zero or negative), initial states finite
+    signed = {"static_head", "entropic_coefficient"}
+    assert all(v.default > 0 for v in model.params if v.name not in signed)
     x, u, p = tools.defaults(model)
     assert np.isfinite(model.rhs(0.0, x, u, p)).all()
     assert np.isfinite(model.output(0.0, x, u, p)).all()

@@ -21,7 +21,7 @@ C1, C2, C3, C4, C5, C6 = 0.5176, 116.0, 0.4, 5.0, 21.0, 0.0068
 # (degrees), width of the smooth min/max of the torque schedule (fraction of rated torque),
 # speed below which generator torque fades out (rad/s), and |r| smoothing.
 V_MIN = 0.5
-LAMBDA_MIN = 0.5
+LAMBDA_MIN = 0.1
 EPS_PITCH = 0.1
 EPS_TORQUE = 0.02
 OMEGA_MIN = 0.05

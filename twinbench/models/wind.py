@@ -26,7 +26,7 @@ Equations
 (:math:`C_{p,max} = 0.48` at :math:`\lambda = 8.1`, :math:`\beta = 0`, close to the NREL 5 MW
 rotor's 0.482 at 7.55) and aerodynamic torque :math:`T_a = \tfrac12 \rho \pi R^3 V^2
 C_p/\lambda`. Floors :math:`V \to \sqrt{V^2 + 0.5^2}`, :math:`\lambda \to \sqrt{\lambda^2 +
-0.5^2}` keep it finite in calm air and at standstill.
+0.1^2}` keep it finite in calm air and at standstill.
 
 *Drivetrain (one rigid mass referred to the low-speed shaft, Jonkman et al. 2009 §5).* The
 drivetrain's torsional mode (6 Hz) is left out: it is far above the control bandwidth and
