@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ewma_update", "cusum_update", "rolling_update", "persistence_update", "nis_update"]
+__all__ = ["ewma_update", "cusum_update", "rolling_update", "persistence_update", "nis_update",
+           "times_ok", "any_negative"]
 
 
 def ewma_update(x: np.ndarray, alpha: float, threshold: float, warmup: int, min_std: float,
@@ -92,7 +93,7 @@ def cusum_update(x: np.ndarray, k: float, h: float, warmup: int, estimate_mean: 
     s_lo[:] = lo
 
 
-def _rolling_resync(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rolling_resync(ring: np.ndarray, shift: np.ndarray):
     # Same order as the kernel: a sequential sum over the window (not numpy's pairwise sum).
     c, w = ring.shape
     s = np.zeros(c)
@@ -100,25 +101,36 @@ def _rolling_resync(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     for q in range(w):
         b = ring[:, q]
         ok = np.isfinite(b)
-        s = np.where(ok, s + b, s)
+        s = np.where(ok, s + (b - shift), s)
         cnt = cnt + ok
-    m = np.where(cnt > 0, s / np.maximum(cnt, 1), 0.0)
+    mr = np.where(cnt > 0, s / np.maximum(cnt, 1), 0.0)
     acc = np.zeros(c)
     for q in range(w):
         b = ring[:, q]
-        d = b - m
+        d = (b - shift) - mr
         acc = np.where(np.isfinite(b), acc + d * d, acc)
-    return cnt, m, acc
+    new_shift = shift + mr
+    return cnt, new_shift, mr - (new_shift - shift), acc
+
+
+def _recip(k: np.ndarray) -> np.ndarray:
+    return np.where(k > 0, 1.0 / np.maximum(k, 1), 0.0)
+
+
+def _recip_dof(k: np.ndarray, ddof: int) -> np.ndarray:
+    return np.where(k > ddof, 1.0 / np.maximum(k - ddof, 1), np.nan)
 
 
 def rolling_update(x: np.ndarray, ddof: int, min_periods: int, low: float, high: float,
-                   max_var: float, ring: np.ndarray, pos: np.ndarray, nvalid: np.ndarray,
-                   mean: np.ndarray, m2: np.ndarray, out_mean: np.ndarray, out_var: np.ndarray,
-                   alarm: np.ndarray) -> None:
-    """Mean and variance over the last ``window`` samples (ring: ``(n_channels, window)``)."""
+                   max_var: float, resync_wraps: int, ring: np.ndarray, pos: np.ndarray,
+                   nvalid: np.ndarray, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
+                   out_mean: np.ndarray, out_var: np.ndarray, alarm: np.ndarray) -> None:
+    """Mean and variance over the last ``window`` samples (ring: ``(n_channels, window)``).
+    ``pos`` is ``[ring position, wraps since the last exact recomputation]``; ``mean`` is
+    relative to ``shift``."""
     w = ring.shape[1]
-    p = int(pos[0])
-    m, s2, nv = mean.copy(), m2.copy(), nvalid.copy()
+    p, wr = int(pos[0]), int(pos[1])
+    k, m, s2, nv = shift.copy(), mean.copy(), m2.copy(), nvalid.copy()
     with np.errstate(all="ignore"):
         for i in range(x.shape[0]):
             xi = x[i]
@@ -130,22 +142,27 @@ def rolling_update(x: np.ndarray, ddof: int, min_periods: int, low: float, high:
             add = xv & ~yv
             rem = ~xv & yv
             # replace: n unchanged
-            d_r = xi - y
-            mn_r = m + d_r / nv
-            s2_r = s2 + d_r * (xi - mn_r + y - m)
-            # add: n + 1
+            xs = xi - k
+            ys = y - k
+            d_r = xs - ys
+            mn_r = m + d_r * _recip(nv)
+            s2_r = s2 + d_r * (xs - mn_r + ys - m)
+            # add: n + 1; the first sample into an empty window becomes the shift
+            k_a = np.where(nv == 0, xi, k)
             nv_a = nv + 1
-            d_a = xi - m
-            m_a = m + d_a / nv_a
-            s2_a = s2 + d_a * (xi - m_a)
+            xs_a = xi - k_a
+            d_a = xs_a - m
+            m_a = m + d_a * _recip(nv_a)
+            s2_a = s2 + d_a * (xs_a - m_a)
             # remove: n - 1
             nv_d = nv - 1
-            d_d = y - m
-            mn_d = m - d_d / nv_d
-            s2_d = s2 - d_d * (y - mn_d)
+            d_d = ys - m
+            mn_d = m - d_d * _recip(nv_d)
+            s2_d = s2 - d_d * (ys - mn_d)
             empty = nv_d == 0
             mn_d = np.where(empty, 0.0, mn_d)
             s2_d = np.where(empty, 0.0, s2_d)
+            k = np.where(add, k_a, k)
             m = np.where(both, mn_r, np.where(add, m_a, np.where(rem, mn_d, m)))
             s2 = np.where(both, s2_r, np.where(add, s2_a, np.where(rem, s2_d, s2)))
             nv = np.where(add, nv_a, np.where(rem, nv_d, nv))
@@ -153,14 +170,20 @@ def rolling_update(x: np.ndarray, ddof: int, min_periods: int, low: float, high:
             p += 1
             if p == w:
                 p = 0
-                nv, m, s2 = _rolling_resync(ring)
+                wr += 1
+                if wr == resync_wraps:
+                    wr = 0
+                    nv, k, m, s2 = _rolling_resync(ring, k)
             ok = nv >= min_periods
-            vr = np.where(nv > ddof, np.where(s2 > 0.0, s2, 0.0) / (nv - ddof), np.nan)
-            out_mean[i] = np.where(ok, m, np.nan)
+            ma = k + m
+            vr = np.where(s2 > 0.0, s2, 0.0) * _recip_dof(nv, ddof)
+            out_mean[i] = np.where(ok, ma, np.nan)
             out_var[i] = np.where(ok, vr, np.nan)
-            alarm[i] = ok & ((m < low) | (m > high) | (vr > max_var))
+            alarm[i] = ok & ((ma < low) | (ma > high) | (vr > max_var))
     pos[0] = p
+    pos[1] = wr
     nvalid[:] = nv
+    shift[:] = k
     mean[:] = m
     m2[:] = s2
 
@@ -193,14 +216,14 @@ def persistence_update(x: np.ndarray, t: np.ndarray, sign: float, level: float,
 
 
 def nis_update(nis: np.ndarray, dof: np.ndarray, lower_tab: np.ndarray, upper_tab: np.ndarray,
-               ring_nis: np.ndarray, ring_dof: np.ndarray, pos: np.ndarray, nsum: np.ndarray,
-               dsum: np.ndarray, stat: np.ndarray, out_dof: np.ndarray,
+               resync_wraps: int, ring_nis: np.ndarray, ring_dof: np.ndarray, pos: np.ndarray,
+               nsum: np.ndarray, dsum: np.ndarray, stat: np.ndarray, out_dof: np.ndarray,
                alarm: np.ndarray) -> None:
     """Windowed NIS sum and its chi-square test; ``dof`` has the shape of ``nis`` (it may be a
-    broadcast view)."""
+    broadcast view). ``pos`` is ``[ring position, wraps since the last re-sum]``."""
     w = ring_nis.shape[1]
     c = ring_nis.shape[0]
-    p = int(pos[0])
+    p, wr = int(pos[0]), int(pos[1])
     s, dd = nsum.copy(), dsum.copy()
     for i in range(nis.shape[0]):
         v = nis[i]
@@ -208,21 +231,38 @@ def nis_update(nis: np.ndarray, dof: np.ndarray, lower_tab: np.ndarray, upper_ta
         ok = np.isfinite(v) & (d > 0)
         v = np.where(ok, v, 0.0)
         d = np.where(ok, d, 0)
-        s = s - ring_nis[:, p] + v
-        dd = dd - ring_dof[:, p] + d
+        s = s + (v - ring_nis[:, p])
+        dd = dd + (d - ring_dof[:, p])
         ring_nis[:, p] = v
         ring_dof[:, p] = d
         p += 1
         if p == w:
             p = 0
-            s = np.zeros(c)
-            dd = np.zeros(c, dtype=np.int64)
-            for q in range(w):
-                s = s + ring_nis[:, q]
-                dd = dd + ring_dof[:, q]
+            wr += 1
+            if wr == resync_wraps:
+                wr = 0
+                s = np.zeros(c)
+                dd = np.zeros(c, dtype=np.int64)
+                for q in range(w):
+                    s = s + ring_nis[:, q]
+                    dd = dd + ring_dof[:, q]
         stat[i] = np.where(dd > 0, s, np.nan)
         out_dof[i] = dd
         alarm[i] = (s > upper_tab[dd]) | (s < lower_tab[dd])
     pos[0] = p
+    pos[1] = wr
     nsum[:] = s
     dsum[:] = dd
+
+
+def times_ok(t: np.ndarray, last: float) -> bool:
+    """True when every time is finite and none is earlier than the one before (``last`` before
+    the first)."""
+    if t.size == 0:
+        return True
+    return bool(np.all(np.isfinite(t)) and t[0] >= last and np.all(t[1:] >= t[:-1]))
+
+
+def any_negative(x: np.ndarray) -> bool:
+    """True when some element is < 0 (NaN is not)."""
+    return bool(np.any(x < 0.0))

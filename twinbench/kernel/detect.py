@@ -575,8 +575,9 @@ class RollingStats(_Detector):
     """Mean and variance over the last ``window`` samples, updated per sample (Welford).
 
     Each new sample replaces the oldest in a ring buffer and the mean and sum of squared
-    deviations are updated by the windowed Welford recurrences, which stay accurate on signals
-    with a large offset (e.g. ``1e6 + noise``). Once per window length they are recomputed
+    deviations are updated by the windowed Welford recurrences, on data shifted by a value near
+    the window's mean, so they stay accurate on signals with a large offset (e.g.
+    ``1e6 + noise``). Every few thousand samples (a whole number of windows) they are recomputed
     exactly from the buffer, so rounding does not build up over long streams.
 
     Parameters
@@ -609,13 +610,16 @@ class RollingStats(_Detector):
     >>> from twinbench.kernel.detect import RollingStats
     >>> x = 1e6 + np.arange(10.0)
     >>> r = RollingStats(window=4).update(x)
-    >>> r.mean[-1], r.var[-1]
-    (np.float64(1000007.5), np.float64(1.6666666666666667))
+    >>> float(r.mean[-1]), round(float(r.var[-1]), 12)       # of 1e6 + [6, 7, 8, 9]
+    (1000007.5, 1.666666666667)
     """
 
     _result = RollingResult
     _long_names = {"mean": "rolling mean", "var": "rolling variance",
                    "alarm": "rolling statistics alarm"}
+    #: Recompute the window's mean and variance exactly from the buffer about this often
+    #: (samples, rounded up to whole windows).
+    _RESYNC_SAMPLES = 4096
 
     def __init__(self, window: int = 100, *, ddof: int = 1, min_periods: int | None = None,
                  low: float | None = None, high: float | None = None,
@@ -640,8 +644,10 @@ class RollingStats(_Detector):
                 "low": self.low, "high": self.high, "max_std": self.max_std}
 
     def _initial_state(self, c: int) -> dict[str, np.ndarray]:
-        return {"ring": np.full((c, self.window), np.nan), "pos": np.zeros(1, dtype=np.int64),
-                "count": np.zeros(c, dtype=np.int64), "mean": np.zeros(c), "m2": np.zeros(c)}
+        self._resync_wraps = max(1, -(-self._RESYNC_SAMPLES // self.window))
+        return {"ring": np.full((c, self.window), np.nan), "pos": np.zeros(2, dtype=np.int64),
+                "count": np.zeros(c, dtype=np.int64), "shift": np.zeros(c), "mean": np.zeros(c),
+                "m2": np.zeros(c)}
 
     def _field_attrs(self, field: str, units: str | None) -> dict[str, str]:
         u = {"mean": units or "1", "var": f"({units})2" if units else "1", "alarm": "1"}[field]
@@ -670,9 +676,9 @@ class RollingStats(_Detector):
         low = -np.inf if self.low is None else self.low
         high = np.inf if self.high is None else self.high
         max_var = np.inf if self.max_std is None else self.max_std * self.max_std
-        self._impl.rolling_update(x, self.ddof, self.min_periods, low, high, max_var, s["ring"],
-                                  s["pos"], s["count"], s["mean"], s["m2"], m, v,
-                                  a.view(np.uint8))
+        self._impl.rolling_update(x, self.ddof, self.min_periods, low, high, max_var,
+                                  self._resync_wraps, s["ring"], s["pos"], s["count"],
+                                  s["shift"], s["mean"], s["m2"], m, v, a.view(np.uint8))
         return self._finish([m, v, a], was_1d)
 
 
@@ -788,17 +794,16 @@ class PersistenceThreshold(_Detector):
             elif arr.dtype.kind in "iuf":
                 kind = "seconds"
                 t = np.ascontiguousarray(arr, dtype=np.float64)
-                if n and not np.all(np.isfinite(t)):
-                    raise ValueError("times: expected finite seconds, got NaN or inf")
             else:
                 raise TypeError(f"times: expected datetime64 or float seconds, got dtype "
                                 f"{arr.dtype}")
         if self._time_kind is not None and kind != self._time_kind:
             raise TypeError(f"times: this stream has used {self._time_kind} times so far, got "
                             f"{kind} times")
-        if n:
-            if t[0] < self._last_time or (n > 1 and np.any(t[1:] < t[:-1])):
-                raise ValueError("times: expected non-decreasing times (also across batches)")
+        if not self._impl.times_ok(t, self._last_time):
+            if not np.all(np.isfinite(t)):
+                raise ValueError("times: expected finite seconds, got NaN or inf")
+            raise ValueError("times: expected non-decreasing times (also across batches)")
         return t
 
     def update(self, values: Any, times: Any = None) -> PersistenceResult:
@@ -885,6 +890,8 @@ class NisChiSquare(_Detector):
     _result = NisResult
     _long_names = {"statistic": "windowed NIS sum", "dof": "windowed degrees of freedom",
                    "alarm": "NIS chi-square test alarm"}
+    #: Re-sum the window from the buffer about this often (samples, rounded up to whole windows).
+    _RESYNC_SAMPLES = 4096
 
     def __init__(self, window: int = 20, significance: float = 0.05, *,
                  alternative: str = "two-sided", dof: int | None = None,
@@ -905,9 +912,10 @@ class NisChiSquare(_Detector):
                 "alternative": self.alternative, "dof": self.dof}
 
     def _initial_state(self, c: int) -> dict[str, np.ndarray]:
+        self._resync_wraps = max(1, -(-self._RESYNC_SAMPLES // self.window))
         return {"ring_nis": np.zeros((c, self.window)),
                 "ring_dof": np.zeros((c, self.window), dtype=np.int64),
-                "pos": np.zeros(1, dtype=np.int64), "nis_sum": np.zeros(c),
+                "pos": np.zeros(2, dtype=np.int64), "nis_sum": np.zeros(c),
                 "dof_sum": np.zeros(c, dtype=np.int64)}
 
     def bounds(self, dof: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -989,15 +997,16 @@ class NisChiSquare(_Detector):
         """
         x, was_1d = _as_batch("nis", nis)
         self._check_times(times, x.shape[0])
-        if np.any(x < 0.0):
+        if self._impl.any_negative(x):
             raise ValueError("nis: expected non-negative values (an NIS is a squared norm)")
         d, d_max = self._as_dof(dof, x.shape)
         self._channels(x, "nis")
         self._ensure_tables(self.window * d_max)
         st, od, a = self._outputs(x.shape[0], (np.float64, np.int64, np.bool_))
         s = self._state
-        self._impl.nis_update(x, d, self._lower, self._upper, s["ring_nis"], s["ring_dof"],
-                              s["pos"], s["nis_sum"], s["dof_sum"], st, od, a.view(np.uint8))
+        self._impl.nis_update(x, d, self._lower, self._upper, self._resync_wraps,
+                              s["ring_nis"], s["ring_dof"], s["pos"], s["nis_sum"],
+                              s["dof_sum"], st, od, a.view(np.uint8))
         return self._finish([st, od, a], was_1d)
 
     def run(self, data: Any, times: Any = None, **update_kwargs: Any):
