@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scipy import linalg, stats
 
 from twinbench.kernel import Model
+from twinbench.kernel._check_build import pure_python
 from twinbench.kernel.estimate import (
     EstimateResult,
     ExtendedKalmanFilter,
@@ -21,10 +22,11 @@ from twinbench.kernel.linear import linear_model
 
 filterpy_kalman = pytest.importorskip("filterpy.kalman")
 
-BACKENDS = ["c", "numpy"]
+BACKENDS = ["numpy"] if pure_python() else ["c", "numpy"]
+needs_c = pytest.mark.skipif(pure_python(), reason="TWINBENCH_PURE_PYTHON: no compiled kernel")
 
 
-# -- test models ------------------------------------------------------------------------------------
+# -- test models -----------------------------------------------------------------------------------
 
 _MODEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_double, ctypes.POINTER(ctypes.c_double),
                              ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double),
@@ -70,6 +72,10 @@ def with_ctypes_c_form(model: Model, analytic_jacobian: bool = True) -> Model:
     return Model(model.name, states=model.states, inputs=model.inputs, params=model.params,
                  outputs=model.outputs, rhs=model.rhs, output=model.output,
                  jacobian=model.jacobian if analytic_jacobian else None, compiled=caps)
+
+
+def c_form_unless_pure(model: Model) -> Model:
+    return model if pure_python() else with_ctypes_c_form(model)
 
 
 def van_der_pol(analytic_jacobian: bool = True) -> Model:
@@ -147,7 +153,7 @@ def simulate_linear(F, B, H, Q, R, T, seed):
     return np.array(xs), np.array(zs), u
 
 
-# -- linear KF ----------------------------------------------------------------------------------------
+# -- linear KF -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kf_matches_filterpy(backend):
@@ -210,6 +216,7 @@ def test_kf_nan_row_is_predict_only_and_partial_nan_drops_the_row(backend):
     assert (np.delete(res.nis_dof, [10, 20]) == 2).all()
 
 
+@needs_c
 def test_kf_c_equals_numpy_and_streaming_is_invariant():
     F, B, H, Q, R = cv_system()
     _, z, u = simulate_linear(F, B, H, Q, R, 500, seed=3)
@@ -244,6 +251,7 @@ def test_kf_nan_inputs_hold_the_last_value():
     np.testing.assert_array_equal(a.x, b.x)
 
 
+@needs_c
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), nx=st.integers(1, 7), nz=st.integers(1, 4),
        frac_nan=st.sampled_from([0.0, 0.3, 0.9]))
@@ -303,7 +311,7 @@ def test_kf_dataset():
     assert (ds2.nis_dof.values == 1).all()
 
 
-# -- EKF ---------------------------------------------------------------------------------------------
+# -- EKF -------------------------------------------------------------------------------------------
 
 class _FilterpyCD(filterpy_kalman.ExtendedKalmanFilter):
     """filterpy's EKF with our continuous-discrete prediction: RK4 for x, the given F for P."""
@@ -409,11 +417,13 @@ def test_ekf_output_measurements_match_filterpy_with_analytic_h():
     (True, ["sensor_b", "pos", "sensor_a"], 1e-7),
     (False, ["vel", "pos"], 1e-7),
 ])
+@needs_c
 def test_ekf_c_equals_numpy_on_a_nonlinear_model(analytic, measured, tol):
     t, x_true, z, u = simulate_vdp(300, 0.1, seed=9)
     t = t + 0.013 * np.sin(np.arange(len(t)))  # irregular sampling
     rng = np.random.default_rng(9)
-    columns = {"sensor_a": z[:, 0], "sensor_b": z[:, 1], "pos": x_true[:, 0] + 0.05 * rng.normal(size=len(t)),
+    columns = {"sensor_a": z[:, 0], "sensor_b": z[:, 1],
+               "pos": x_true[:, 0] + 0.05 * rng.normal(size=len(t)),
                "vel": x_true[:, 1] + 0.05 * rng.normal(size=len(t))}
     zm = np.column_stack([columns[n] for n in measured])
     zm[rng.random(zm.shape) < 0.25] = np.nan
@@ -485,7 +495,7 @@ def test_ekf_streaming_is_invariant(backend):
 def test_ekf_dataset_with_timestamps_streams_and_keeps_units():
     t, _, z, u = simulate_vdp(100, 0.1, seed=12)
     times = np.datetime64("2024-03-01T12:00:00", "ns") + (t * 1e9).astype("timedelta64[ns]")
-    model = with_ctypes_c_form(van_der_pol())
+    model = c_form_unless_pure(van_der_pol())
     kw = dict(Q=np.diag([1e-4, 1e-3]), R=np.diag([0.05**2, 0.05**2]), max_step=0.05)
     whole = ExtendedKalmanFilter(model, **kw).filter(times, z, {"force": u[:, 0]})
     ekf = ExtendedKalmanFilter(model, **kw)
@@ -517,7 +527,7 @@ def test_ekf_nan_row_is_predict_only():
     z = x_true + np.random.default_rng(13).normal(0.0, 0.05, size=x_true.shape)
     kw = dict(Q=np.diag([1e-4, 1e-3]), R=np.diag([0.05**2, 0.05**2]), max_step=0.05,
               measured=["pos", "vel"])
-    model = with_ctypes_c_form(van_der_pol())
+    model = c_form_unless_pure(van_der_pol())
     for backend in BACKENDS:
         zn = z.copy()
         zn[10] = np.nan
@@ -532,7 +542,7 @@ def test_ekf_nan_row_is_predict_only():
 
 def test_ekf_missing_component_equals_a_filter_without_that_sensor():
     t, _, z, u = simulate_vdp(80, 0.1, seed=14)
-    model = with_ctypes_c_form(van_der_pol())
+    model = c_form_unless_pure(van_der_pol())
     z2 = z.copy()
     z2[:, 1] = np.nan
     Q = np.diag([1e-4, 1e-3])
@@ -591,7 +601,8 @@ def test_ekf_divergence_raises_and_restores_the_state():
     # dx/dt = x^2 blows up in finite time (x0 = 1: at t = 1)
     m = Model("blowup", states=[("x", "1", 1.0)], rhs=lambda t, x, u, p: x * x,
               jacobian=lambda t, x, u, p: (2 * x)[None])
-    for backend_model, backend in [(m, "numpy"), (with_ctypes_c_form(m), "c")]:
+    cases = [(m, "numpy")] + ([] if pure_python() else [(with_ctypes_c_form(m), "c")])
+    for backend_model, backend in cases:
         ekf = ExtendedKalmanFilter(backend_model, Q=0.0, R=1.0, max_step=0.01, backend=backend)
         ekf.filter_arrays([0.0, 0.5], [np.nan, np.nan])
         x, P = ekf.x, ekf.P
@@ -619,6 +630,7 @@ def test_ekf_nan_inputs_hold_the_last_value_and_defaults_apply_first():
     np.testing.assert_array_equal(a.x, b.x)
 
 
+@needs_c
 def test_ekf_on_pump_model_c_equals_numpy():
     models = pytest.importorskip("twinbench.models")
     if not hasattr(models, "pump"):
@@ -646,7 +658,7 @@ def test_ekf_on_pump_model_c_equals_numpy():
     np.testing.assert_allclose(res["c"].nis, res["numpy"].nis, rtol=1e-5, atol=1e-9)
 
 
-# -- bad input ------------------------------------------------------------------------------------
+# -- bad input -------------------------------------------------------------------------------------
 
 def test_bad_input_names_the_argument():
     F, B, H, Q, R = cv_system()

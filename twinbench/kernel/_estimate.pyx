@@ -80,7 +80,8 @@ cdef inline void _transpose(const double* A, double* AT, Py_ssize_t n, Py_ssize_
             AT[j * n + i] = A[i * m + j]
 
 
-cdef void _sandwich(const double* A, double* P, double* T1, double* T2, Py_ssize_t n) noexcept nogil:
+cdef void _sandwich(const double* A, double* P, double* T1, double* T2,
+                    Py_ssize_t n) noexcept nogil:
     """P <- A P A^T (all n x n), with two n x n scratch matrices.
 
     Products are formed as row updates (``_mm``) rather than dot products: independent
@@ -355,7 +356,6 @@ cdef struct _Ekf:
     const double* Q
     const double* R
     double max_step
-    bint need_outputs
     double* J       # nx*nx
     double* F       # nx*nx
     double* T1      # nx*nx
@@ -372,9 +372,9 @@ cdef struct _Ekf:
 
 cdef void _propagate(_Ekf* e, double t0, double dt, double* x, double* P,
                      const double* u) noexcept nogil:
-    cdef Py_ssize_t nx = e.nx, r, c, l, j
+    cdef Py_ssize_t nx = e.nx, r, c, j
     cdef Py_ssize_t nsub = <Py_ssize_t> ceil(dt / e.max_step - 1e-9)
-    cdef double h, t, acc
+    cdef double h, t
     cdef double* J = e.J
     cdef double* F = e.F
     if nsub < 1:
@@ -397,14 +397,16 @@ cdef void _propagate(_Ekf* e, double t0, double dt, double* x, double* P,
         _symmetrise(P, nx)
 
 
-cdef void _measurement(_Ekf* e, double t, const double* x, const double* u) noexcept nogil:
-    """zhat and H for the measured variables (outputs differenced forward, states exact)."""
-    cdef Py_ssize_t nx = e.nx, nz = e.nz, ny = e.m.ny, a, c, s
+cdef void _measurement(_Ekf* e, double t, const double* x, const double* u,
+                       bint outputs) noexcept nogil:
+    """zhat and H for the measured variables: states exact, outputs (only if ``outputs``, i.e.
+    some output was measured at this time) differenced forward."""
+    cdef Py_ssize_t nx = e.nx, nz = e.nz, a, c, s
     cdef long long q
     cdef double d
     for a in range(nz * nx):
         e.H[a] = 0.0
-    if e.need_outputs:
+    if outputs:
         e.m.output(t, x, u, e.p, e.g0, 1, 1, e.m.ctx)
         for a in range(nz):
             q = e.meas[a]
@@ -442,7 +444,7 @@ def ekf_run(model, const double[::1] p, const long long[::1] meas, const double[
     cdef Py_ssize_t T = z.shape[0], k, a
     cdef Py_ssize_t bad = -1
     cdef double tk, tprev
-    cdef bint any_measured
+    cdef bint any_measured, outputs_measured
     cdef double* Pout = NULL
     cdef double* w
     cdef double* uk
@@ -459,10 +461,6 @@ def ekf_run(model, const double[::1] p, const long long[::1] meas, const double[
     e.Q = &Q[0, 0]
     e.R = &R[0, 0]
     e.max_step = max_step
-    e.need_outputs = False
-    for a in range(nz):
-        if meas[a] >= 0:
-            e.need_outputs = True
     w = _alloc(4 * nx * nx + 2 * nu + nz + nz * nx + 2 * ny + nx + 8 * nx
                + _update_work(nx, nz))
     e.J = w
@@ -492,11 +490,14 @@ def ekf_run(model, const double[::1] p, const long long[::1] meas, const double[
             _hold(&u[k, 0] if nu else NULL, uk, nu)
             zk = &z[k, 0]
             any_measured = False
+            outputs_measured = False
             for a in range(nz):
                 if _isfinite(zk[a]):
                     any_measured = True
+                    if meas[a] >= 0:
+                        outputs_measured = True
             if any_measured:
-                _measurement(&e, tk, &x[0], uk)
+                _measurement(&e, tk, &x[0], uk, outputs_measured)
             if _update(nx, nz, &x[0], &P[0, 0], zk, e.zhat, e.H, e.R, &out_innov[k, 0],
                        &out_svar[k, 0], &out_nis[k], &out_dof[k], e.upd) != 0:
                 bad = k

@@ -143,19 +143,21 @@ def _fd_columns(fn, x, n_out):
 
 def _state_jacobian(model, t, x, u, p):
     if model.jacobian is not None:
-        return np.asarray(model.jacobian(t, x[:, None], u[:, None], p[:, None]), dtype=float)[:, :, 0]
+        J = model.jacobian(t, x[:, None], u[:, None], p[:, None])
+        return np.asarray(J, dtype=float)[:, :, 0]
     return _fd_columns(lambda xc: model.rhs(t, xc, u[:, None], p[:, None]), x, x.shape[0])[1]
 
 
-def _measurement(model, t, x, u, p, meas, need):
+def _measurement(model, t, x, u, p, meas, outputs):
     """Predicted measurement ``zhat`` and its Jacobian ``H`` for the measured variables ``meas``
-    (index >= 0: output; < 0: state ``-(index + 1)``). Outputs are differenced only if ``need``."""
+    (index >= 0: output; < 0: state ``-(index + 1)``). Outputs are evaluated and differenced
+    only if ``outputs`` (some output was measured at this time)."""
     nx = x.shape[0]
     nz = meas.shape[0]
     zhat = np.empty(nz)
     H = np.zeros((nz, nx))
     outs = meas >= 0
-    if outs.any() and need:
+    if outputs:
         g, G = _fd_columns(lambda xc: model.output(t, xc, u[:, None], p[:, None]), x,
                            len(model.outputs))
         zhat[outs] = g[meas[outs]]
@@ -200,7 +202,6 @@ def ekf_run(model, p, meas, Q, R, max_step, x, P, u_hold, clock, t, z, u, out_x,
     Returns -1, or the index of the first step that failed.
     """
     T = z.shape[0]
-    need_outputs = bool((meas >= 0).any())
     for k in range(T):
         tk = float(t[k])
         if not math.isnan(clock[0]) and tk > clock[0]:
@@ -210,9 +211,9 @@ def ekf_run(model, p, meas, Q, R, max_step, x, P, u_hold, clock, t, z, u, out_x,
         clock[0] = tk
         uk = _hold(u[k], u_hold)
         zk = z[k]
-        any_measured = bool(np.isfinite(zk).any())
-        if any_measured:
-            zhat, H = _measurement(model, tk, x, uk, p, meas, need_outputs)
+        finite = np.isfinite(zk)
+        if finite.any():
+            zhat, H = _measurement(model, tk, x, uk, p, meas, bool((finite & (meas >= 0)).any()))
         else:
             zhat = H = None
         ok = _update(x, P, zk, zhat, H, R, k, out_innov, out_svar, out_nis, out_dof)

@@ -223,7 +223,8 @@ def _check_increasing(t: np.ndarray, after: Any, name: str) -> None:
                          f"{after!r}; batches must follow each other in time")
 
 
-def _columns(value: Any, name: str, T: int, names: tuple[str, ...], fill: float | None) -> np.ndarray:
+def _columns(value: Any, name: str, T: int, names: tuple[str, ...],
+             fill: float | None) -> np.ndarray:
     """A ``(T, len(names))`` float array from a ``(T, k)`` array, a ``(T,)`` array when ``k == 1``,
     or a mapping of name to ``(T,)`` array (missing names NaN). With ``fill`` given (inputs), also
     a constant: a ``(k,)`` array, a scalar when ``k == 1``, or scalars in the mapping."""
@@ -291,7 +292,8 @@ def _dataset(result: EstimateResult, time: np.ndarray, time_attrs: dict, elapsed
         data[f"{v.name}_innovation"] = ("time", result.innovation[:, j], {
             "units": v.units, "long_name": f"innovation of {label} (measured minus predicted)"})
         data[f"{v.name}_innovation_std"] = ("time", np.sqrt(result.innovation_var[:, j]), {
-            "units": v.units, "long_name": f"predicted standard deviation of the innovation of {label}"})
+            "units": v.units,
+            "long_name": f"predicted standard deviation of the innovation of {label}"})
     data["nis"] = ("time", result.nis, {
         "units": "1", "long_name": "normalised innovation squared (y' S^-1 y)"})
     data["nis_dof"] = ("time", result.nis_dof, {
@@ -370,7 +372,8 @@ class KalmanFilter(_Filter):
     >>> import numpy as np
     >>> from twinbench.kernel.estimate import KalmanFilter
     >>> kf = KalmanFilter(F=[[1, 0.1], [0, 1]], H=[[1, 0]], Q=1e-4, R=0.01,
-    ...                   state_names=["position", "velocity"], measurement_names=["position_measured"])
+    ...                   state_names=["position", "velocity"],
+    ...                   measurement_names=["position_measured"])
     >>> z = 0.5 * np.arange(1, 51) * 0.1              # a target moving at 0.5 per second
     >>> ds = kf.filter(None, z)
     >>> round(float(ds.velocity[-1]), 1)
@@ -431,7 +434,8 @@ class KalmanFilter(_Filter):
         self._u_hold[...] = 0.0
         self._steps = 0
 
-    def filter_arrays(self, measurements, inputs=None, *, covariance: bool = False) -> EstimateResult:
+    def filter_arrays(self, measurements, inputs=None, *,
+                      covariance: bool = False) -> EstimateResult:
         """Run the filter over ``T`` steps; the low-level entry, returning NumPy arrays.
 
         Parameters
@@ -599,9 +603,11 @@ class ExtendedKalmanFilter(_Filter):
         try:
             self.max_step = float(max_step)
         except (TypeError, ValueError):
-            raise TypeError(f"max_step: expected a positive number of seconds, got {max_step!r}") from None
+            raise TypeError(f"max_step: expected a positive number of seconds, got "
+                            f"{max_step!r}") from None
         if not (math.isfinite(self.max_step) and self.max_step > 0):
-            raise ValueError(f"max_step: expected a positive, finite number of seconds, got {max_step!r}")
+            raise ValueError(f"max_step: expected a positive, finite number of seconds, got "
+                             f"{max_step!r}")
         self._p = self._named_values(params, model.params, "params")
         self._x = np.empty(nx)
         self._P = np.empty((nx, nx))
@@ -667,7 +673,8 @@ class ExtendedKalmanFilter(_Filter):
         self._epoch: np.datetime64 | None = None
         self._time_kind: str | None = None
 
-    def filter_arrays(self, t, measurements, inputs=None, *, covariance: bool = False) -> EstimateResult:
+    def filter_arrays(self, t, measurements, inputs=None, *,
+                      covariance: bool = False) -> EstimateResult:
         """Run the filter over ``T`` measurement times; the low-level entry.
 
         Parameters
@@ -735,9 +742,11 @@ class ExtendedKalmanFilter(_Filter):
         if self._time_kind is not None and kind != self._time_kind:
             raise TypeError(f"times: this filter was fed {self._time_kind} times since its last "
                             f"reset; got {kind} times")
-        if is_dt:
-            epoch = self._epoch if self._epoch is not None else (time[0] if T else None)
-            t = ((time - epoch) / np.timedelta64(1, "ns")).astype(float) * 1e-9 if T else np.zeros(0)
+        if is_dt and T:
+            epoch = self._epoch if self._epoch is not None else time[0]
+            t = ((time - epoch) / np.timedelta64(1, "ns")).astype(float) * 1e-9
+        elif is_dt:
+            epoch, t = self._epoch, np.zeros(0)
         else:
             epoch, t = None, time
         z = _columns(measurements, "measurements", T, self.measured, None)
