@@ -506,6 +506,44 @@ def test_outputs_follow_input_shape_and_empty_batches():
     assert r.zscore.shape == (4, 1)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_out_buffers_are_reused_and_give_the_same_results(name, backend):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(60, 2))
+    t = np.arange(60.0)
+    dof = rng.integers(0, 3, size=(60, 2))
+    fresh, reuse = FACTORIES[name](backend), FACTORIES[name](backend)
+    buf = None
+    for a in range(0, 60, 20):
+        expected = feed(fresh, x[a:a + 20], t[a:a + 20], dof[a:a + 20])
+        kw = {} if buf is None else {"out": buf}
+        if isinstance(reuse, NisChiSquare):
+            got = reuse.update(np.abs(x[a:a + 20]), dof=dof[a:a + 20], **kw)
+        elif isinstance(reuse, PersistenceThreshold):
+            got = reuse.update(x[a:a + 20], t[a:a + 20], **kw)
+        else:
+            got = reuse.update(x[a:a + 20], **kw)
+        if buf is not None:
+            assert all(g is b for g, b in zip(got, buf))
+        buf = got
+        assert_same(got, expected, name)
+
+
+def test_bad_out_raises_naming_it():
+    det = Cusum(mean=0.0, std=1.0)
+    r = det.update(np.zeros(5))
+    with pytest.raises(ValueError, match="out.upper"):
+        det.update(np.zeros(6), out=r)                        # wrong length
+    with pytest.raises(ValueError, match="out.alarm"):
+        det.update(np.zeros(5), out=(r.upper, r.lower, r.upper))
+    with pytest.raises(ValueError, match="out.upper"):
+        det.update(np.zeros(5), out=(np.zeros(10)[::2], r.lower, r.alarm))
+    with pytest.raises(TypeError, match="out"):
+        det.update(np.zeros(5), out=[r.upper, r.lower])
+    det.update(np.zeros(5), out=r)                            # fine
+
+
 def test_module_examples_run():
     res = doctest.testmod(detect, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert res.attempted >= 6 and res.failed == 0

@@ -7,23 +7,19 @@ any number of batches gives identical results: the state after a batch is exactl
 sample needs. ``run(dataarray)`` does the same on an ``xarray.DataArray`` and returns an
 ``xarray.Dataset``.
 
-========================  ===========================================  ===============================
-detector                  result fields                                a missing sample (NaN, +-inf)
-========================  ===========================================  ===============================
-:class:`EwmaZScore`       ``zscore``, ``alarm``                        z-score NaN, no alarm; state
-                                                                       unchanged
-:class:`Cusum`            ``upper``, ``lower``, ``alarm``              sums NaN, alarm carried from
-                                                                       the last sample; state unchanged
-:class:`RollingStats`     ``mean``, ``var``, ``alarm``                 takes its slot in the window
-                                                                       but counts as no data: the
-                                                                       statistics are over the valid
-                                                                       samples of the window
-:class:`PersistenceThreshold`  ``elapsed``, ``alarm``                  neither starts, extends nor
-                                                                       ends a run: elapsed NaN, alarm
-                                                                       carried
-:class:`NisChiSquare`     ``statistic``, ``dof``, ``alarm``            adds no NIS and no degrees of
-                                                                       freedom to the window
-========================  ===========================================  ===============================
+Result fields, and what a *missing* sample (NaN, +-inf) does:
+
+:class:`EwmaZScore` -> ``zscore``, ``alarm``
+    z-score NaN, no alarm; the state is unchanged.
+:class:`Cusum` -> ``upper``, ``lower``, ``alarm``
+    sums NaN, the alarm of the sample before; the state is unchanged.
+:class:`RollingStats` -> ``mean``, ``var``, ``alarm``
+    takes its slot in the window but holds no data: the statistics are those of the valid
+    samples in the window.
+:class:`PersistenceThreshold` -> ``elapsed``, ``alarm``
+    neither starts, extends nor ends a run: ``elapsed`` NaN, the alarm of the sample before.
+:class:`NisChiSquare` -> ``statistic``, ``dof``, ``alarm``
+    adds neither NIS nor degrees of freedom to the window.
 
 Every detector runs on the compiled kernel (``twinbench.kernel._detect``) unless
 ``backend="numpy"`` is asked for or ``TWINBENCH_PURE_PYTHON`` is set; the NumPy reference
@@ -259,10 +255,32 @@ class _Detector:
             raise ValueError(f"{name}: this detector has {self._n_channels} channel(s), got a "
                              f"batch with {c} (shape {arr.shape})")
 
-    def _outputs(self, n: int, kinds: tuple[type, ...]) -> list[np.ndarray]:
-        return [np.empty((n, self._n_channels), dtype=k) for k in kinds]
+    def _outputs(self, n: int, kinds: tuple[type, ...], out: Any,
+                 was_1d: bool) -> list[np.ndarray]:
+        """Output arrays ``(n, n_channels)`` for the kernel: new ones, or views of ``out``."""
+        c = self._n_channels
+        if out is None:
+            return [np.empty((n, c), dtype=k) for k in kinds]
+        fields = self._result._fields
+        if not isinstance(out, tuple) or len(out) != len(fields):
+            raise TypeError(f"out: expected a {self._result.__name__} (or a tuple of "
+                            f"{len(fields)} arrays: {', '.join(fields)}), got "
+                            f"{type(out).__name__}")
+        shape = (n,) if was_1d else (n, c)
+        views = []
+        for f, k, arr in zip(fields, kinds, out, strict=True):
+            if (not isinstance(arr, np.ndarray) or arr.dtype != k or arr.shape != shape
+                    or not arr.flags.c_contiguous or not arr.flags.writeable):
+                got = (f"{arr.dtype} array of shape {arr.shape}"
+                       if isinstance(arr, np.ndarray) else type(arr).__name__)
+                raise ValueError(f"out.{f}: expected a writeable C-contiguous {np.dtype(k)} "
+                                 f"array of shape {shape}, got {got}")
+            views.append(arr.reshape(n, c))
+        return views
 
-    def _finish(self, outs: list[np.ndarray], was_1d: bool):
+    def _finish(self, outs: list[np.ndarray], was_1d: bool, out: Any = None):
+        if out is not None:
+            return self._result(*out)
         if was_1d:
             outs = [o[:, 0] for o in outs]
         return self._result(*outs)
@@ -409,7 +427,7 @@ class EwmaZScore(_Detector):
     def _initial_state(self, c: int) -> dict[str, np.ndarray]:
         return {"mean": np.zeros(c), "var": np.zeros(c), "count": np.zeros(c, dtype=np.int64)}
 
-    def update(self, values: Any, times: Any = None) -> EwmaResult:
+    def update(self, values: Any, times: Any = None, *, out: Any = None) -> EwmaResult:
         """Process a batch.
 
         Parameters
@@ -418,6 +436,9 @@ class EwmaZScore(_Detector):
             Samples in time order; NaN marks a missing sample.
         times : array_like, optional
             Not used by this detector (accepted so that every detector has the same call).
+        out : result tuple, optional
+            Arrays to write the results into (e.g. the result of an earlier batch of the same
+            size); saves allocating new ones for every batch.
 
         Returns
         -------
@@ -427,11 +448,11 @@ class EwmaZScore(_Detector):
         x, was_1d = _as_batch("values", values)
         self._check_times(times, x.shape[0])
         self._channels(x)
-        z, a = self._outputs(x.shape[0], (np.float64, np.bool_))
+        z, a = self._outputs(x.shape[0], (np.float64, np.bool_), out, was_1d)
         s = self._state
         self._impl.ewma_update(x, self.alpha, self.threshold, self.warmup, self.min_std,
                                s["mean"], s["var"], s["count"], z, a.view(np.uint8))
-        return self._finish([z, a], was_1d)
+        return self._finish([z, a], was_1d, out)
 
 
 # --- CUSUM ----------------------------------------------------------------------------------------
@@ -541,7 +562,7 @@ class Cusum(_Detector):
     def _field_attrs(self, field: str, units: str | None) -> dict[str, str]:
         return {"units": "1", "long_name": self._long_names[field]}
 
-    def update(self, values: Any, times: Any = None) -> CusumResult:
+    def update(self, values: Any, times: Any = None, *, out: Any = None) -> CusumResult:
         """Process a batch.
 
         Parameters
@@ -550,6 +571,9 @@ class Cusum(_Detector):
             Samples in time order; NaN marks a missing sample.
         times : array_like, optional
             Not used by this detector (accepted so that every detector has the same call).
+        out : result tuple, optional
+            Arrays to write the results into (e.g. the result of an earlier batch of the same
+            size); saves allocating new ones for every batch.
 
         Returns
         -------
@@ -560,13 +584,13 @@ class Cusum(_Detector):
         x, was_1d = _as_batch("values", values)
         self._check_times(times, x.shape[0])
         self._channels(x)
-        up, lo, a = self._outputs(x.shape[0], (np.float64, np.float64, np.bool_))
+        up, lo, a = self._outputs(x.shape[0], (np.float64, np.float64, np.bool_), out, was_1d)
         s = self._state
         self._impl.cusum_update(x, self.k, self.h, self.warmup, self.mean is None,
                                 self.std is None, self.reset_on_alarm, s["count"], s["wmean"],
                                 s["wm2"], s["mu"], s["inv_sd"], s["upper"], s["lower"], up, lo,
                                 a.view(np.uint8))
-        return self._finish([up, lo, a], was_1d)
+        return self._finish([up, lo, a], was_1d, out)
 
 
 # --- rolling statistics ---------------------------------------------------------------------------
@@ -653,7 +677,7 @@ class RollingStats(_Detector):
         u = {"mean": units or "1", "var": f"({units})2" if units else "1", "alarm": "1"}[field]
         return {"units": u, "long_name": f"{self._long_names[field]} over {self.window} samples"}
 
-    def update(self, values: Any, times: Any = None) -> RollingResult:
+    def update(self, values: Any, times: Any = None, *, out: Any = None) -> RollingResult:
         """Process a batch.
 
         Parameters
@@ -662,6 +686,9 @@ class RollingStats(_Detector):
             Samples in time order; NaN marks a missing sample.
         times : array_like, optional
             Not used by this detector (accepted so that every detector has the same call).
+        out : result tuple, optional
+            Arrays to write the results into (e.g. the result of an earlier batch of the same
+            size); saves allocating new ones for every batch.
 
         Returns
         -------
@@ -671,7 +698,7 @@ class RollingStats(_Detector):
         x, was_1d = _as_batch("values", values)
         self._check_times(times, x.shape[0])
         self._channels(x)
-        m, v, a = self._outputs(x.shape[0], (np.float64, np.float64, np.bool_))
+        m, v, a = self._outputs(x.shape[0], (np.float64, np.float64, np.bool_), out, was_1d)
         s = self._state
         low = -np.inf if self.low is None else self.low
         high = np.inf if self.high is None else self.high
@@ -679,7 +706,7 @@ class RollingStats(_Detector):
         self._impl.rolling_update(x, self.ddof, self.min_periods, low, high, max_var,
                                   self._resync_wraps, s["ring"], s["pos"], s["count"],
                                   s["shift"], s["mean"], s["m2"], m, v, a.view(np.uint8))
-        return self._finish([m, v, a], was_1d)
+        return self._finish([m, v, a], was_1d, out)
 
 
 # --- threshold with persistence -------------------------------------------------------------------
@@ -806,7 +833,7 @@ class PersistenceThreshold(_Detector):
             raise ValueError("times: expected non-decreasing times (also across batches)")
         return t
 
-    def update(self, values: Any, times: Any = None) -> PersistenceResult:
+    def update(self, values: Any, times: Any = None, *, out: Any = None) -> PersistenceResult:
         """Process a batch.
 
         Parameters
@@ -815,6 +842,9 @@ class PersistenceThreshold(_Detector):
             Samples in time order; NaN marks a missing sample.
         times : array_like of datetime64 or float seconds, shape (n_samples,)
             Sample times, shared by all channels. Optional if ``sample_period`` was given.
+        out : PersistenceResult, optional
+            Arrays to write the results into (e.g. the result of an earlier batch of the same
+            size); saves allocating new ones for every batch.
 
         Returns
         -------
@@ -825,7 +855,7 @@ class PersistenceThreshold(_Detector):
         n = x.shape[0]
         t = self._times(times, n)
         self._channels(x)
-        el, a = self._outputs(n, (np.float64, np.bool_))
+        el, a = self._outputs(n, (np.float64, np.bool_), out, was_1d)
         s = self._state
         sign = 1.0 if self.direction == "above" else -1.0
         self._impl.persistence_update(x, t, sign, sign * self.level, sign * self.clear_level,
@@ -837,7 +867,7 @@ class PersistenceThreshold(_Detector):
         if n:
             self._last_time = float(t[-1])
         self._n_seen += n
-        return self._finish([el, a], was_1d)
+        return self._finish([el, a], was_1d, out)
 
 
 # --- chi-square test of the NIS -------------------------------------------------------------------
@@ -976,7 +1006,8 @@ class NisChiSquare(_Detector):
             raise ValueError("dof: expected non-negative numbers of measured components")
         return arr, d_max
 
-    def update(self, nis: Any, dof: Any = None, times: Any = None) -> NisResult:
+    def update(self, nis: Any, dof: Any = None, times: Any = None, *,
+               out: Any = None) -> NisResult:
         """Process a batch.
 
         Parameters
@@ -989,6 +1020,9 @@ class NisChiSquare(_Detector):
             channels) or ``(n_samples, n_channels)``. Default: the constructor's ``dof``.
         times : array_like, optional
             Not used by this detector (accepted so that every detector has the same call).
+        out : result tuple, optional
+            Arrays to write the results into (e.g. the result of an earlier batch of the same
+            size); saves allocating new ones for every batch.
 
         Returns
         -------
@@ -1002,12 +1036,12 @@ class NisChiSquare(_Detector):
         d, d_max = self._as_dof(dof, x.shape)
         self._channels(x, "nis")
         self._ensure_tables(self.window * d_max)
-        st, od, a = self._outputs(x.shape[0], (np.float64, np.int64, np.bool_))
+        st, od, a = self._outputs(x.shape[0], (np.float64, np.int64, np.bool_), out, was_1d)
         s = self._state
         self._impl.nis_update(x, d, self._lower, self._upper, self._resync_wraps,
                               s["ring_nis"], s["ring_dof"], s["pos"], s["nis_sum"],
                               s["dof_sum"], st, od, a.view(np.uint8))
-        return self._finish([st, od, a], was_1d)
+        return self._finish([st, od, a], was_1d, out)
 
     def run(self, data: Any, times: Any = None, **update_kwargs: Any):
         """Like :meth:`_Detector.run`, plus ``lower`` and ``upper`` bounds of the statistic.
