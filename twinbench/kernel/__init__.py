@@ -25,8 +25,16 @@ from twinbench.kernel.model import (  # noqa: E402
     cython_model,
 )
 from twinbench.kernel.linear import linear_model  # noqa: E402
+from twinbench.kernel.estimate import (  # noqa: E402
+    EstimateResult,
+    ExtendedKalmanFilter,
+    FilterDivergedError,
+    KalmanFilter,
+)
+from twinbench.kernel.rul import ParticleFilterRUL, RULEstimate  # noqa: E402
 
 __all__ = [
+    # models and simulation
     "DEFAULT_START",
     "IntegrationError",
     "Model",
@@ -34,4 +42,12 @@ __all__ = [
     "Variable",
     "cython_model",
     "linear_model",
+    # estimation
+    "EstimateResult",
+    "ExtendedKalmanFilter",
+    "FilterDivergedError",
+    "KalmanFilter",
+    # degradation and remaining useful life
+    "ParticleFilterRUL",
+    "RULEstimate",
 ]

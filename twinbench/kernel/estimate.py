@@ -608,7 +608,9 @@ class ExtendedKalmanFilter(_Filter):
         if not (math.isfinite(self.max_step) and self.max_step > 0):
             raise ValueError(f"max_step: expected a positive, finite number of seconds, got "
                              f"{max_step!r}")
-        self._p = self._named_values(params, model.params, "params")
+        self._params = self._named_values(params, model.params, "params")
+        # what the model functions receive: derived once here, not at every step
+        self._pk = np.ascontiguousarray(model.kernel_params(self._params[:, None])[:, 0])
         self._x = np.empty(nx)
         self._P = np.empty((nx, nx))
         self._u_hold = np.empty(model.nu)
@@ -705,7 +707,7 @@ class ExtendedKalmanFilter(_Filter):
              else _columns(inputs, "inputs", T, self.model.input_names, np.nan))
         out = _outputs(T, self.nx, self.nz, covariance)
         snap = self._snapshot()
-        bad = self._impl.ekf_run(self.model, self._p, self._meas, self._Q, self._R, self.max_step,
+        bad = self._impl.ekf_run(self.model, self._pk, self._meas, self._Q, self._R, self.max_step,
                                  self._x, self._P, self._u_hold, self._clock, t, z, u, *out)
         if bad >= 0:
             self._diverged(bad, float(t[bad]), snap)
