@@ -98,8 +98,8 @@ def rhs(t, x, u, p):
 
 
 def output(t, x, u, p):
-    """Sensor readings (speed, flow rate, total head, pressure, motor temperature, vibration, current,
-    power), shape ``(8, n)``."""
+    """Sensor readings (speed, flow rate, total head, pressure, motor temperature, vibration,
+    current, power), shape ``(8, n)``."""
     c = _terms(x, u, p)
     r = c["r"]
     vb = p[31] * r * r

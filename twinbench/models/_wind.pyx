@@ -164,7 +164,8 @@ cdef void _jacobian(double t, const double* x, const double* u, const double* p,
 
         dsr = c.r / (c.sr * c.W_r)
         dell = (1.0 - c.l0 * c.l0) * c.tg * (dTg_dW / c.T_r) / c.ell
-        out[6 * ld + i] = p[15 * ld + i] * c.grow * (dsr * c.ell3 + c.sr * 3.0 * c.ell * c.ell * dell)
+        out[6 * ld + i] = p[15 * ld + i] * c.grow * (dsr * c.ell3
+                                                      + c.sr * 3.0 * c.ell * c.ell * dell)
         out[7 * ld + i] = 0.0
         out[8 * ld + i] = p[15 * ld + i] * c.sr * c.ell3 * p[16 * ld + i]
 

@@ -62,10 +62,10 @@ Outputs: ``voltage`` (V, terminal), ``open_circuit_voltage`` (V), ``capacity`` (
 ``heat`` (W), ``power`` (W, delivered; negative while charging).
 
 Defaults: a 3 A h cylindrical (18650-size) cell: 25 mΩ series resistance, 10 mΩ / 1 s charge
-transfer, 15 mΩ / 60 s diffusion, resistances doubling from 25 °C to about 0 °C (20 kJ/mol), 45 J/K
-and 0.05 W/K (natural convection, thermal time constant 15 min), 20 % capacity loss after about
-ten years of storage at 25 °C or 1000 full cycles (aging activation energy 31.7 kJ/mol, Wang et
-al. 2011). The 1 s branch against the 15 min thermal time constant makes the model stiff:
+transfer, 15 mΩ / 60 s diffusion, resistances doubling from 25 °C to about 0 °C (20 kJ/mol),
+45 J/K and 0.05 W/K (natural convection, thermal time constant 15 min), 20 % capacity loss after
+about ten years of storage at 25 °C or 1000 full cycles (ageing activation energy 31.7 kJ/mol,
+Wang et al. 2011). The 1 s branch against the 15 min thermal time constant makes the model stiff:
 integrate it with ``method="ros2"`` for steps longer than about a second.
 
 References
