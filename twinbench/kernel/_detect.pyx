@@ -2,11 +2,12 @@
 
 Every function here updates a detector's state arrays in place and writes one output row per
 input sample. Inputs are ``(n_samples, n_channels)`` C-contiguous float64; state vectors have one
-element per channel; ring buffers are ``(n_channels, window)`` so that each channel's window is
-contiguous. Time is processed in blocks: within a block each channel runs its recurrence with the
-state in local variables (registers), and a block of input is small enough to stay in cache while
-the channels take their turns. The arithmetic per sample does not depend on the blocking or on
-how the caller split the stream into batches, so results are identical either way.
+element per channel; ring buffers are ``(window, n_channels)`` like the input. Time is processed
+in blocks of rows: within a block each channel runs its recurrence with the state in local
+variables (registers), and a block (of input, outputs and ring rows) is small enough to stay in
+cache while the channels take their turns, however many channels there are. The arithmetic per
+sample does not depend on the blocking or on how the caller split the stream into batches, so
+results are identical either way.
 
 A sample is *missing* when it is not finite (NaN or +-inf). ``fabs(v) <= DBL_MAX`` tests that
 with one comparison; the build does not use -ffast-math, so the compiler keeps NaN semantics.
@@ -43,13 +44,13 @@ cdef inline bint _finite(double v) noexcept nogil:
 
 
 cdef inline Py_ssize_t _block(Py_ssize_t n, Py_ssize_t c) noexcept nogil:
-    # About 32 KiB of input per block: one channel's turn reads a block column while the rest of
-    # the block stays in L1/L2 for the next channel. One channel needs no blocking at all.
+    # About 16 KiB of each array per block, so that while one channel walks down its column the
+    # rows stay in L1 for the next channel. One channel needs no blocking at all.
     cdef Py_ssize_t b
     if c == 1:
         return n if n > 0 else 1
-    b = 4096 // c
-    return b if b > 64 else 64
+    b = 2048 // c
+    return b if b > 8 else 8
 
 
 # --- EWMA z-score ---------------------------------------------------------------------------------
@@ -201,21 +202,21 @@ def cusum_update(const double[:, ::1] x, double k, double h, int64_t warmup, bin
 # mean is then of the order of the spread, not of the offset, and its rounding does not grow with
 # the offset (1e6 + noise keeps ~14 significant digits of the variance instead of ~8).
 
-cdef inline void _rolling_resync(const double* ring, Py_ssize_t w, int64_t* nv, double* shift,
-                                 double* m, double* m2) noexcept nogil:
+cdef inline void _rolling_resync(const double* ring, Py_ssize_t w, Py_ssize_t c, int64_t* nv,
+                                 double* shift, double* m, double* m2) noexcept nogil:
     # Exact two-pass recomputation from the buffer, so that the rounding of the add/remove
     # updates does not accumulate over long streams; the shift moves to the new mean.
     cdef double s = 0.0, d, mr, acc = 0.0, k = shift[0]
     cdef int64_t cnt = 0
     cdef Py_ssize_t q
     for q in range(w):
-        if _finite(ring[q]):
-            s = s + (ring[q] - k)
+        if _finite(ring[q * c]):
+            s = s + (ring[q * c] - k)
             cnt += 1
     mr = s / cnt if cnt > 0 else 0.0
     for q in range(w):
-        if _finite(ring[q]):
-            d = (ring[q] - k) - mr
+        if _finite(ring[q * c]):
+            d = (ring[q * c] - k) - mr
             acc = acc + d * d
     nv[0] = cnt
     # The new shift is the mean rounded to a double; the mean relative to it keeps the residue
@@ -253,7 +254,7 @@ cdef inline Py_ssize_t _rolling_channel(const double* x, Py_ssize_t n, Py_ssize_
         xv = _finite(xi)
         if not xv:
             xi = NAN
-        y = ring[p]
+        y = ring[p * c]
         yv = _finite(y)
         if xv and yv:
             xs = xi - k
@@ -285,14 +286,14 @@ cdef inline Py_ssize_t _rolling_channel(const double* x, Py_ssize_t n, Py_ssize_
                 mn = m - d * inv_n
                 s2 = s2 - d * (ys - mn)
                 m = mn
-        ring[p] = xi
+        ring[p * c] = xi
         p += 1
         if p == w:
             p = 0
             wr += 1
             if wr == resync_wraps:
                 wr = 0
-                _rolling_resync(ring, w, &nv, &k, &m, &s2)
+                _rolling_resync(ring, w, c, &nv, &k, &m, &s2)
                 inv_n = _recip(nv)
                 inv_dof = _recip_dof(nv, ddof)
         if nv >= min_periods:
@@ -318,11 +319,11 @@ def rolling_update(const double[:, ::1] x, int64_t ddof, int64_t min_periods, do
                    int64_t[::1] pos, int64_t[::1] nvalid, double[::1] shift, double[::1] mean,
                    double[::1] m2,
                    double[:, ::1] out_mean, double[:, ::1] out_var, uint8_t[:, ::1] alarm):
-    """Mean and variance over the last ``window`` samples (ring: ``(n_channels, window)``).
+    """Mean and variance over the last ``window`` samples (ring: ``(window, n_channels)``).
     ``pos`` is ``[ring position, wraps since the last exact recomputation]``, shared by the
     channels; the recomputation happens every ``resync_wraps`` wraps of the ring. ``mean`` is
     relative to ``shift``."""
-    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], w = ring.shape[1], b, j, i0, nb, o
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], w = ring.shape[0], b, j, i0, nb, o
     cdef Py_ssize_t p0 = pos[0], p1 = pos[0]
     cdef int64_t wr0 = pos[1], wr1 = pos[1]
     if n == 0:
@@ -342,7 +343,7 @@ def rolling_update(const double[:, ::1] x, int64_t ddof, int64_t min_periods, do
                 # Every channel starts the block at the same ring position and ends at the same.
                 wr1 = wr0
                 p1 = _rolling_channel(xp + o, nb, c, w, p0, &wr1, resync_wraps, ddof,
-                                      min_periods, low, high, max_var, rp + j * w, &nvalid[j],
+                                      min_periods, low, high, max_var, rp + j, &nvalid[j],
                                       &shift[j], &mean[j], &m2[j], mp + o, vp + o, ap + o)
             p0 = p1
             wr0 = wr1
@@ -434,10 +435,10 @@ cdef inline Py_ssize_t _nis_channel(const double* nis, const int64_t* dof, Py_ss
             v = 0.0
             d = 0
         # One add on the sum's dependency chain; the difference does not depend on it.
-        s = s + (v - ring_nis[p])
-        dd = dd + (d - ring_dof[p])
-        ring_nis[p] = v
-        ring_dof[p] = d
+        s = s + (v - ring_nis[p * c])
+        dd = dd + (d - ring_dof[p * c])
+        ring_nis[p * c] = v
+        ring_dof[p * c] = d
         p += 1
         if p == w:
             p = 0
@@ -448,8 +449,8 @@ cdef inline Py_ssize_t _nis_channel(const double* nis, const int64_t* dof, Py_ss
                 s = 0.0
                 dd = 0
                 for q in range(w):
-                    s = s + ring_nis[q]
-                    dd = dd + ring_dof[q]
+                    s = s + ring_nis[q * c]
+                    dd = dd + ring_dof[q * c]
         stat[o] = s if dd > 0 else NAN
         out_dof[o] = dd
         # Entry 0 of both tables is -inf / +inf: an empty window never alarms.
@@ -467,7 +468,7 @@ def nis_update(const double[:, ::1] nis, const int64_t[:, :] dof, const double[:
     """Windowed NIS sum and its chi-square test. ``dof`` may be a broadcast (zero-stride) view
     of shape ``(n_samples, n_channels)``; the tables must cover ``window * max(dof)``. ``pos`` is
     ``[ring position, wraps since the last re-sum]``."""
-    cdef Py_ssize_t n = nis.shape[0], c = nis.shape[1], w = ring_nis.shape[1], b, j, i0, nb, o
+    cdef Py_ssize_t n = nis.shape[0], c = nis.shape[1], w = ring_nis.shape[0], b, j, i0, nb, o
     cdef Py_ssize_t p0 = pos[0], p1 = pos[0]
     cdef int64_t wr0 = pos[1], wr1 = pos[1]
     if n == 0:
@@ -492,7 +493,7 @@ def nis_update(const double[:, ::1] nis, const int64_t[:, :] dof, const double[:
                 o = i0 * c + j
                 wr1 = wr0
                 p1 = _nis_channel(xp + o, dp + i0 * dsi + j * dsj, nb, c, dsi, w, p0, &wr1,
-                                  resync_wraps, lt, ut, rn + j * w, rd + j * w, &nsum[j],
+                                  resync_wraps, lt, ut, rn + j, rd + j, &nsum[j],
                                   &dsum[j], sp + o, odp + o, ap + o)
             p0 = p1
             wr0 = wr1

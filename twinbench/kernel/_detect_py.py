@@ -95,18 +95,18 @@ def cusum_update(x: np.ndarray, k: float, h: float, warmup: int, estimate_mean: 
 
 def _rolling_resync(ring: np.ndarray, shift: np.ndarray):
     # Same order as the kernel: a sequential sum over the window (not numpy's pairwise sum).
-    c, w = ring.shape
+    w, c = ring.shape
     s = np.zeros(c)
     cnt = np.zeros(c, dtype=np.int64)
     for q in range(w):
-        b = ring[:, q]
+        b = ring[q]
         ok = np.isfinite(b)
         s = np.where(ok, s + (b - shift), s)
         cnt = cnt + ok
     mr = np.where(cnt > 0, s / np.maximum(cnt, 1), 0.0)
     acc = np.zeros(c)
     for q in range(w):
-        b = ring[:, q]
+        b = ring[q]
         d = (b - shift) - mr
         acc = np.where(np.isfinite(b), acc + d * d, acc)
     new_shift = shift + mr
@@ -125,10 +125,10 @@ def rolling_update(x: np.ndarray, ddof: int, min_periods: int, low: float, high:
                    max_var: float, resync_wraps: int, ring: np.ndarray, pos: np.ndarray,
                    nvalid: np.ndarray, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
                    out_mean: np.ndarray, out_var: np.ndarray, alarm: np.ndarray) -> None:
-    """Mean and variance over the last ``window`` samples (ring: ``(n_channels, window)``).
+    """Mean and variance over the last ``window`` samples (ring: ``(window, n_channels)``).
     ``pos`` is ``[ring position, wraps since the last exact recomputation]``; ``mean`` is
     relative to ``shift``."""
-    w = ring.shape[1]
+    w = ring.shape[0]
     p, wr = int(pos[0]), int(pos[1])
     k, m, s2, nv = shift.copy(), mean.copy(), m2.copy(), nvalid.copy()
     with np.errstate(all="ignore"):
@@ -136,7 +136,7 @@ def rolling_update(x: np.ndarray, ddof: int, min_periods: int, low: float, high:
             xi = x[i]
             xv = np.isfinite(xi)
             xi = np.where(xv, xi, np.nan)
-            y = ring[:, p].copy()
+            y = ring[p].copy()
             yv = np.isfinite(y)
             both = xv & yv
             add = xv & ~yv
@@ -166,7 +166,7 @@ def rolling_update(x: np.ndarray, ddof: int, min_periods: int, low: float, high:
             m = np.where(both, mn_r, np.where(add, m_a, np.where(rem, mn_d, m)))
             s2 = np.where(both, s2_r, np.where(add, s2_a, np.where(rem, s2_d, s2)))
             nv = np.where(add, nv_a, np.where(rem, nv_d, nv))
-            ring[:, p] = xi
+            ring[p] = xi
             p += 1
             if p == w:
                 p = 0
@@ -221,8 +221,7 @@ def nis_update(nis: np.ndarray, dof: np.ndarray, lower_tab: np.ndarray, upper_ta
                alarm: np.ndarray) -> None:
     """Windowed NIS sum and its chi-square test; ``dof`` has the shape of ``nis`` (it may be a
     broadcast view). ``pos`` is ``[ring position, wraps since the last re-sum]``."""
-    w = ring_nis.shape[1]
-    c = ring_nis.shape[0]
+    w, c = ring_nis.shape
     p, wr = int(pos[0]), int(pos[1])
     s, dd = nsum.copy(), dsum.copy()
     for i in range(nis.shape[0]):
@@ -231,10 +230,10 @@ def nis_update(nis: np.ndarray, dof: np.ndarray, lower_tab: np.ndarray, upper_ta
         ok = np.isfinite(v) & (d > 0)
         v = np.where(ok, v, 0.0)
         d = np.where(ok, d, 0)
-        s = s + (v - ring_nis[:, p])
-        dd = dd + (d - ring_dof[:, p])
-        ring_nis[:, p] = v
-        ring_dof[:, p] = d
+        s = s + (v - ring_nis[p])
+        dd = dd + (d - ring_dof[p])
+        ring_nis[p] = v
+        ring_dof[p] = d
         p += 1
         if p == w:
             p = 0
@@ -244,8 +243,8 @@ def nis_update(nis: np.ndarray, dof: np.ndarray, lower_tab: np.ndarray, upper_ta
                 s = np.zeros(c)
                 dd = np.zeros(c, dtype=np.int64)
                 for q in range(w):
-                    s = s + ring_nis[:, q]
-                    dd = dd + ring_dof[:, q]
+                    s = s + ring_nis[q]
+                    dd = dd + ring_dof[q]
         stat[i] = np.where(dd > 0, s, np.nan)
         out_dof[i] = dd
         alarm[i] = (s > upper_tab[dd]) | (s < lower_tab[dd])

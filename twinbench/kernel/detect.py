@@ -322,6 +322,17 @@ class _Detector:
             The input (named after ``data``, or ``value``) and every result field, on the
             dimensions and coordinates of ``data``, with ``units`` and ``long_name`` attrs; the
             detector's name and parameters in the Dataset attrs.
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr
+        >>> from twinbench.kernel.detect import PersistenceThreshold
+        >>> time = np.datetime64("2024-01-01", "ns") + np.arange(60) * np.timedelta64(1, "s")
+        >>> temp = xr.DataArray(np.r_[np.full(30, 60.0), np.full(30, 95.0)], name="temp",
+        ...                     coords={"time": time}, attrs={"units": "degC"})
+        >>> ds = PersistenceThreshold(level=90.0, duration=10.0).run(temp)
+        >>> str(ds.time[ds.alarm].values[0])
+        '2024-01-01T00:00:40.000000000'
         """
         import xarray as xr
 
@@ -559,9 +570,6 @@ class Cusum(_Detector):
         done = s["count"] >= self.warmup
         return (np.where(done, s["mu"], np.nan), np.where(done, 1.0 / s["inv_sd"], np.nan))
 
-    def _field_attrs(self, field: str, units: str | None) -> dict[str, str]:
-        return {"units": "1", "long_name": self._long_names[field]}
-
     def update(self, values: Any, times: Any = None, *, out: Any = None) -> CusumResult:
         """Process a batch.
 
@@ -669,7 +677,7 @@ class RollingStats(_Detector):
 
     def _initial_state(self, c: int) -> dict[str, np.ndarray]:
         self._resync_wraps = max(1, -(-self._RESYNC_SAMPLES // self.window))
-        return {"ring": np.full((c, self.window), np.nan), "pos": np.zeros(2, dtype=np.int64),
+        return {"ring": np.full((self.window, c), np.nan), "pos": np.zeros(2, dtype=np.int64),
                 "count": np.zeros(c, dtype=np.int64), "shift": np.zeros(c), "mean": np.zeros(c),
                 "m2": np.zeros(c)}
 
@@ -943,8 +951,8 @@ class NisChiSquare(_Detector):
 
     def _initial_state(self, c: int) -> dict[str, np.ndarray]:
         self._resync_wraps = max(1, -(-self._RESYNC_SAMPLES // self.window))
-        return {"ring_nis": np.zeros((c, self.window)),
-                "ring_dof": np.zeros((c, self.window), dtype=np.int64),
+        return {"ring_nis": np.zeros((self.window, c)),
+                "ring_dof": np.zeros((self.window, c), dtype=np.int64),
                 "pos": np.zeros(2, dtype=np.int64), "nis_sum": np.zeros(c),
                 "dof_sum": np.zeros(c, dtype=np.int64)}
 
