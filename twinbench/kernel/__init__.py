@@ -32,6 +32,13 @@ from twinbench.kernel.estimate import (  # noqa: E402
     KalmanFilter,
 )
 from twinbench.kernel.rul import ParticleFilterRUL, RULEstimate  # noqa: E402
+from twinbench.kernel.detect import (  # noqa: E402
+    Cusum,
+    EwmaZScore,
+    NisChiSquare,
+    PersistenceThreshold,
+    RollingStats,
+)
 
 __all__ = [
     # models and simulation
@@ -47,6 +54,12 @@ __all__ = [
     "ExtendedKalmanFilter",
     "FilterDivergedError",
     "KalmanFilter",
+    # streaming detectors
+    "Cusum",
+    "EwmaZScore",
+    "NisChiSquare",
+    "PersistenceThreshold",
+    "RollingStats",
     # degradation and remaining useful life
     "ParticleFilterRUL",
     "RULEstimate",
