@@ -11,6 +11,11 @@ TWINBENCH_NO_OPENMP=1
     Build without OpenMP (ensembles then run on one thread).
 TWINBENCH_BUILD_ONLY=name[,name]
     Developer aid: build only the extensions whose dotted name contains one of these substrings.
+
+Run-time dispatch: each ``_x_avx2.pyx`` (one line: ``include "_x.pyx"``) is the same module built
+for x86-64-v3 (AVX2) with floating-point contraction off, so it rounds exactly like the baseline;
+``twinbench.kernel._dispatch`` picks it when the CPU has AVX2. The variants are skipped on
+compilers or machines that cannot build them, and in native builds.
 """
 
 from __future__ import annotations
@@ -28,27 +33,33 @@ from setuptools.command.build_ext import build_ext
 # never alias; gcc proves that with run-time checks, but by default gives up beyond 10 of them and
 # leaves the scenario loop scalar. Allowing more checks lets it vectorise. gcc-only, so probed.
 OPTIONAL_FLAGS = [["--param", "vect-max-version-for-alias-checks=400"]]
+VARIANT_SUFFIX = "_avx2"
+VARIANT_FLAGS = ["-march=x86-64-v3", "-mtune=generic", "-ffp-contract=off"]
 
 
 class BuildExt(build_ext):
     """build_ext that adds the optional compiler flags the compiler accepts."""
 
-    def build_extensions(self) -> None:
+    def _accepts(self, flags: list[str]) -> bool:
         import tempfile
 
-        accepted: list[str] = []
-        for flags in OPTIONAL_FLAGS:
-            with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / "probe.c"
-                src.write_text("int main(void) { return 0; }\n")
-                try:
-                    self.compiler.compile([str(src)], output_dir=tmp,
-                                          extra_postargs=["-Werror", *flags])
-                except Exception:  # noqa: BLE001 - any failure means "not supported"
-                    continue
-            accepted += flags
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "probe.c"
+            src.write_text("int main(void) { return 0; }\n")
+            try:
+                self.compiler.compile([str(src)], output_dir=tmp, extra_postargs=["-Werror", *flags])
+            except Exception:  # noqa: BLE001 - any failure means "not supported"
+                return False
+        return True
+
+    def build_extensions(self) -> None:
+        accepted = [f for flags in OPTIONAL_FLAGS if self._accepts(flags) for f in flags]
+        variants = not _flag("TWINBENCH_NATIVE") and self._accepts(VARIANT_FLAGS)
+        if not variants:
+            self.extensions = [e for e in self.extensions if not e.name.endswith(VARIANT_SUFFIX)]
         for ext in self.extensions:
-            ext.extra_compile_args = [*ext.extra_compile_args, *accepted]
+            extra = VARIANT_FLAGS if ext.name.endswith(VARIANT_SUFFIX) else []
+            ext.extra_compile_args = [*ext.extra_compile_args, *accepted, *extra]
         super().build_extensions()
 
 HERE = Path(__file__).parent

@@ -285,7 +285,9 @@ def simulate(model: Model, *, duration, dt, steps, every, x0, inputs, params, sc
     m = _METHODS[method]
     nthreads = resolve_threads(threads, nscen)
     if backend == "c":
-        from twinbench.kernel import _integrate
+        from twinbench.kernel._dispatch import compiled_module
+
+        _integrate = compiled_module("twinbench.kernel._integrate")
 
         # the kernel wants a non-empty parameter buffer even when the model reads none
         PKc = PK if PK.shape[0] else np.zeros((1, nscen))

@@ -81,7 +81,9 @@ def linear_model(A, B=None, C=None, D=None, *, states: Sequence | None = None,
 
     compiled = None
     if not pure_python():
-        from twinbench.kernel import _linear
+        from twinbench.kernel._dispatch import compiled_module
+
+        _linear = compiled_module("twinbench.kernel._linear")
 
         packed = np.concatenate([[nx, nu, ny], A.ravel(), B.ravel(), C.ravel(), D.ravel()])
         compiled = _linear.capsules(np.ascontiguousarray(packed))

@@ -151,8 +151,9 @@ assert (len(STATES), len(INPUTS), len(PARAMS), len(OUTPUTS)) == (
 def _compiled():
     if pure_python():
         return None
-    from twinbench.models import _battery
+    from twinbench.kernel._dispatch import compiled_module
 
+    _battery = compiled_module("twinbench.models._battery")
     return _battery.capsules()
 
 

@@ -107,8 +107,9 @@ assert (len(STATES), len(INPUTS), len(PARAMS), len(OUTPUTS)) == (
 def _compiled():
     if pure_python():
         return None
-    from twinbench.models import _thermal
+    from twinbench.kernel._dispatch import compiled_module
 
+    _thermal = compiled_module("twinbench.models._thermal")
     return _thermal.capsules()
 
 

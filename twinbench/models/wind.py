@@ -168,8 +168,9 @@ assert (len(STATES), len(INPUTS), len(PARAMS), len(OUTPUTS)) == (
 def _compiled():
     if pure_python():
         return None
-    from twinbench.models import _wind
+    from twinbench.kernel._dispatch import compiled_module
 
+    _wind = compiled_module("twinbench.models._wind")
     return _wind.capsules()
 
 
