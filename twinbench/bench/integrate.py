@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,25 +33,49 @@ EVERY = 60
 
 
 def ensemble_case(scenarios: int, steps: int, seed: int = 0):
-    """The benchmark's ensemble: the pump under random speed setpoints and valve openings."""
+    """The benchmark's ensemble: the pump under random speed setpoints (60-100 % of the default)
+    and valve openings (30-100 %), one pair per scenario."""
     from twinbench.models import pump
 
     model = pump()
     rng = np.random.default_rng(seed)
-    inputs = {}
-    for v in model.inputs:
-        lo, hi = 0.6 * v.default, 1.0 * v.default
-        if v.default == 0.0:
-            lo, hi = 0.0, 0.0
-        inputs[v.name] = rng.uniform(lo, hi, size=(1, scenarios))
+    speed = model.variable("speed_setpoint").default
+    inputs = {"speed_setpoint": rng.uniform(0.6 * speed, speed, size=(1, scenarios)),
+              "valve_opening": rng.uniform(0.3, 1.0, size=(1, scenarios))}
     kwargs = dict(steps=steps, dt=DT, every=EVERY if steps % EVERY == 0 else 1, inputs=inputs)
     return model, kwargs
 
 
-def _time_compiled(scenarios: int, steps: int, threads: int, repeat: int) -> float:
-    model, kw = ensemble_case(scenarios, steps)
-    model.simulate(backend="c", threads=threads, **{**kw, "steps": kw["every"]})  # warm up
-    return best_time(lambda: model.simulate(backend="c", threads=threads, **kw), repeat=repeat)
+@contextmanager
+def _dispatch(choice: str):
+    """Run with TWINBENCH_DISPATCH=choice (models bind their variant at construction and the
+    integrator at each simulate call, so both happen inside)."""
+    old = os.environ.get("TWINBENCH_DISPATCH")
+    os.environ["TWINBENCH_DISPATCH"] = choice
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TWINBENCH_DISPATCH", None)
+        else:
+            os.environ["TWINBENCH_DISPATCH"] = old
+
+
+def _time_compiled(scenarios: int, steps: int, threads: int, repeat: int,
+                   dispatch: str = "auto") -> float:
+    with _dispatch(dispatch):
+        model, kw = ensemble_case(scenarios, steps)
+        model.simulate(backend="c", threads=threads, **{**kw, "steps": kw["every"]})  # warm up
+        return best_time(lambda: model.simulate(backend="c", threads=threads, **kw),
+                         repeat=repeat)
+
+
+def _isa() -> str:
+    """Which compiled variant runs the pump here: "avx2" or "baseline"."""
+    from twinbench.kernel._dispatch import VARIANT_SUFFIX, compiled_module
+
+    name = compiled_module("twinbench.models._pump").__name__
+    return "avx2" if name.endswith(VARIANT_SUFFIX) else "baseline"
 
 
 def _native_figure(scenarios: int, steps: int, repeat: int, portable_s: float):
@@ -64,8 +89,8 @@ def _native_figure(scenarios: int, steps: int, repeat: int, portable_s: float):
     try:
         shutil.copytree(root / "twinbench", tmp / "twinbench",
                         ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
-        env = {**os.environ, "TWINBENCH_NATIVE": "1",
-               "TWINBENCH_BUILD_ONLY": "kernel._model,kernel._integrate,models._pump"}
+        env = {**os.environ, "TWINBENCH_NATIVE": "1"}
+        env.pop("TWINBENCH_BUILD_ONLY", None)
         build = subprocess.run(
             [sys.executable, str(root / "setup.py"), "build_ext", "--build-lib", str(tmp),
              "--build-temp", str(tmp / "build")],
@@ -129,7 +154,13 @@ def run(quick: bool = False) -> list[dict]:
     ns_np = t_np / (scenarios * ref_steps) * 1e9
     figs.append(figure(f"pump ensemble {scenarios}x{steps} RK4, compiled (portable, 1 thread)",
                        ns_c, "ns/scenario-step", "vectorised NumPy reference", ns_np / ns_c, 10,
-                       baseline_value=ns_np, seconds=c1))
+                       baseline_value=ns_np, seconds=c1, isa=_isa()))
+    if _isa() != "baseline":
+        cb = _time_compiled(scenarios, steps, 1, repeat, dispatch="baseline")
+        ns_b = cb / scen_steps * 1e9
+        figs.append(figure("same, baseline x86-64 code only (TWINBENCH_DISPATCH=baseline)", ns_b,
+                           "ns/scenario-step", "vectorised NumPy reference", ns_np / ns_b, None,
+                           baseline_value=ns_np))
 
     # solve_ivp per scenario on a small sample, on the same horizon, with accuracy comparable
     # to RK4 at this step (rtol 1e-6).
