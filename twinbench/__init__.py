@@ -1,12 +1,54 @@
-"""twinbench: a Jupyter-native workbench for digital twins."""
+"""twinbench: a Jupyter-native workbench for digital twins.
+
+The public API at a glance; see the README for the architecture.
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+
+# Importing the kernel checks that its compiled part is built and says what to do if not.
+from twinbench import models
+from twinbench.kernel import (
+    Cusum,
+    EwmaZScore,
+    ExtendedKalmanFilter,
+    IntegrationError,
+    KalmanFilter,
+    Model,
+    NisChiSquare,
+    ParticleFilterRUL,
+    PersistenceThreshold,
+    RollingStats,
+    Variable,
+    cython_model,
+    linear_model,
+)
 
 try:
     __version__ = version("twinbench")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = [
+    # models and simulation
+    "Model",
+    "Variable",
+    "IntegrationError",
+    "cython_model",
+    "linear_model",
+    "models",
+    # estimation
+    "KalmanFilter",
+    "ExtendedKalmanFilter",
+    # detection
+    "Cusum",
+    "EwmaZScore",
+    "NisChiSquare",
+    "PersistenceThreshold",
+    "RollingStats",
+    # remaining useful life
+    "ParticleFilterRUL",
+    # metadata
+    "__version__",
+]
