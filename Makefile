@@ -30,13 +30,15 @@ setup: .stamp-install
 	fi
 	touch $@
 
-$(BIN)/python: .stamp-system
+# A marker file, not $(BIN)/python: that is a symlink whose date is the system interpreter's.
+$(VENV)/.created: | .stamp-system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	touch $@
 
 # Editable install: the extension modules are compiled in place. Reinstalled when a .pyx/.pxd,
 # setup.py or pyproject.toml changes, because editable installs do not rebuild on their own.
-.stamp-install: $(BIN)/python pyproject.toml setup.py $(KERNEL_SOURCES)
+.stamp-install: $(VENV)/.created pyproject.toml setup.py $(KERNEL_SOURCES)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

@@ -56,7 +56,14 @@ class BuildExt(build_ext):
         accepted = [f for flags in OPTIONAL_FLAGS if self._accepts(flags) for f in flags]
         variants = not _flag("TWINBENCH_NATIVE") and self._accepts(VARIANT_FLAGS)
         if not variants:
-            self.extensions = [e for e in self.extensions if not e.name.endswith(VARIANT_SUFFIX)]
+            skipped = [e for e in self.extensions if e.name.endswith(VARIANT_SUFFIX)]
+            self.extensions = [e for e in self.extensions if e not in skipped]
+            # A variant left over from an earlier build into the same place (in place, for an
+            # editable install) would be dispatched to instead of the module built now.
+            for ext in skipped:
+                stale = Path(self.get_ext_fullpath(ext.name))
+                if stale.exists():
+                    stale.unlink()
         for ext in self.extensions:
             extra = VARIANT_FLAGS if ext.name.endswith(VARIANT_SUFFIX) else []
             ext.extra_compile_args = [*ext.extra_compile_args, *accepted, *extra]

@@ -29,3 +29,10 @@ def test_bench_table_and_check_flag():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "baseline" in proc.stdout.splitlines()[0]
+
+
+def test_bench_unknown_area_is_named():
+    proc = subprocess.run([sys.executable, "-m", "twinbench", "bench", "warp"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "warp" in proc.stderr

@@ -222,3 +222,27 @@ def test_same_model_written_two_ways_gives_the_same_results(method):
     assert a.attrs["backend"] == "compiled kernel" and b.attrs["backend"] == "NumPy reference"
     np.testing.assert_allclose(a.pos.values, b.pos.values, rtol=1e-11, atol=1e-12)
     assert list(a.data_vars) == list(b.data_vars)
+
+
+def test_compiled_form_of_the_wrong_size_is_refused():
+    big = linear_model(np.diag(-np.ones(8)))
+    with pytest.raises(ValueError, match="sizes"):
+        Model("small", states=["x"], compiled=big._compiled)
+
+
+def test_explicit_single_scenario_conflicts_with_longer_arrays():
+    with pytest.raises(ValueError, match="ensemble sizes"):
+        decay_numpy().simulate(duration=1.0, dt=0.1, scenarios=1, x0={"x": np.ones(5)})
+    ds = decay_numpy().simulate(duration=1.0, dt=0.1, scenarios=1)
+    assert ds.sizes["scenario"] == 1
+
+
+def test_singular_rosenbrock_matrix_agrees_between_backends():
+    # W = I - gamma*h*J is well conditioned but its determinant underflows for many states
+    nx = 120
+    h = 0.01
+    lam = (1 - 1e-3) / (1.7071067811865475 * h)  # W = 1e-3 * I
+    m = linear_model(np.eye(nx) * lam, states=[(f"s{i}", "1", 1.0) for i in range(nx)])
+    c = m.simulate(steps=2, dt=h, method="ros2", backend="c")
+    ref = m.simulate(steps=2, dt=h, method="ros2", backend="numpy")
+    np.testing.assert_allclose(c.s0.values, ref.s0.values, rtol=1e-10)

@@ -14,10 +14,12 @@ from typing import Any
 __all__ = ["figure", "best_time", "met"]
 
 
-def figure(name: str, value: float, unit: str, baseline: str, ratio: float | None,
+def figure(name: str, value: float | None, unit: str, baseline: str, ratio: float | None,
            target: float | None = None, **extra: Any) -> dict[str, Any]:
-    """One benchmark figure. ``extra`` keys (e.g. ``baseline_value``) are kept for the record."""
-    rec = {"name": name, "value": float(value), "unit": unit, "baseline": baseline,
+    """One benchmark figure. ``extra`` keys (e.g. ``baseline_value``) are kept for the record.
+    ``value`` is None when the figure could not be measured (``extra["note"]`` says why)."""
+    rec = {"name": name, "value": None if value is None else float(value), "unit": unit,
+           "baseline": baseline,
            "ratio": None if ratio is None else float(ratio),
            "target": None if target is None else float(target)}
     rec.update(extra)

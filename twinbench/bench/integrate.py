@@ -73,6 +73,11 @@ def _time_compiled(scenarios: int, steps: int, threads: int, repeat: int,
                          repeat=repeat)
 
 
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "(no output)"
+
+
 def _isa() -> str:
     """Which compiled variant runs the pump here: "avx2" or "baseline"."""
     from twinbench.kernel._dispatch import VARIANT_SUFFIX, compiled_module
@@ -99,7 +104,7 @@ def _native_figure(scenarios: int, steps: int, repeat: int, portable_s: float):
              "--build-temp", str(tmp / "build")],
             cwd=root, env=env, capture_output=True, text=True)
         if build.returncode != 0:
-            return None, "native build failed: " + build.stderr.strip().splitlines()[-1]
+            return None, "native build failed: " + _last_line(build.stderr)
         code = (
             "import json, twinbench.kernel._integrate as k\n"
             "from twinbench.bench.integrate import _time_compiled\n"
@@ -110,7 +115,7 @@ def _native_figure(scenarios: int, steps: int, repeat: int, portable_s: float):
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True, cwd=tmp)
         if proc.returncode != 0:
-            return None, "native run failed: " + proc.stderr.strip().splitlines()[-1]
+            return None, "native run failed: " + _last_line(proc.stderr)
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         if not result["module"].startswith(str(tmp)):
             return None, "the native build was not the one imported"
@@ -225,7 +230,7 @@ def run(quick: bool = False) -> list[dict]:
                                baseline_value=ns_c, vs_numpy=ns_np / (native / scen_steps * 1e9)))
         else:
             figs.append(figure("pump ensemble RK4 compiled, native build (-march=native)",
-                               float("nan"), "ns/scenario-step", "portable build", None, None,
+                               None, "ns/scenario-step", "portable build", None, None,
                                note=why))
         mem = _peak_rss(scenarios, steps)
         grown = mem["after"] - mem["before"]

@@ -20,19 +20,30 @@ __all__ = ["compiled_module", "cpu_has_avx2", "VARIANT_SUFFIX"]
 VARIANT_SUFFIX = "_avx2"
 
 
+#: /proc/cpuinfo flags that make up x86-64-v3 (lzcnt is listed as "abm").
+_V3_FLAGS = {"avx", "avx2", "bmi1", "bmi2", "fma", "f16c", "movbe", "abm"}
+
+
 @lru_cache(maxsize=1)
 def cpu_has_avx2() -> bool:
-    """Whether this CPU (and its OS) supports AVX2."""
+    """Whether this CPU runs the variant's code: the whole x86-64-v3 level (AVX2, FMA, BMI1/2,
+    F16C, LZCNT, MOVBE), not AVX2 alone, since the compiler uses all of them."""
     try:
-        from numpy._core._multiarray_umath import __cpu_features__
+        from twinbench.kernel._model import cpu_x86_64_v3
 
-        return bool(__cpu_features__.get("AVX2", False))
-    except ImportError:  # older or unusual NumPy: read the kernel's view of the CPU
-        try:
-            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-                return any(line.startswith("flags") and " avx2" in line for line in f)
-        except OSError:
-            return False
+        known = cpu_x86_64_v3()
+    except ImportError:
+        known = -1
+    if known >= 0:
+        return bool(known)
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return _V3_FLAGS <= set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return False
 
 
 def compiled_module(name: str) -> ModuleType:

@@ -202,9 +202,10 @@ cdef struct _Job:
     long long* bad
 
 
-cdef Py_ssize_t _buffer_size(const ModelFns* m, Py_ssize_t ld) noexcept nogil:
+cdef Py_ssize_t _buffer_size(const ModelFns* m, int method, Py_ssize_t ld) noexcept nogil:
     cdef Py_ssize_t nx = m.nx
-    cdef Py_ssize_t work = 5 * nx if 5 * nx > nx * nx + 7 * nx else nx * nx + 7 * nx
+    # RK4: k1..k4 and a stage state; ROS2: the matrix, k1, k2, a stage state, Jacobian work
+    cdef Py_ssize_t work = 5 * nx if method == 0 else nx * nx + 7 * nx
     # x, inputs, params, outputs, finite-check accumulator, step work
     return (nx + (m.nu if m.nu > 0 else 1) + (m.np if m.np > 0 else 1)
             + (m.ny if m.ny > 0 else 1) + 1 + work) * ld
@@ -327,7 +328,7 @@ def integrate(CompiledFns model, int method, double t0, double dt, Py_ssize_t st
     jb.nscen = nscen
     jb.bad = &bad[0]
     nblocks = (nscen + jb.ld - 1) // jb.ld
-    size = _buffer_size(m, jb.ld)
+    size = _buffer_size(m, method, jb.ld)
     if threads <= 1 or nblocks == 1:
         buf = <double*> malloc(size * sizeof(double))
         ipiv = <Py_ssize_t*> malloc(m.nx * jb.ld * sizeof(Py_ssize_t))

@@ -49,11 +49,19 @@ cdef class CompiledFns:
             self.fns.ctx = NULL
         if nx <= 0:
             raise ValueError(f"nx: expected a positive number of states, got {nx}")
+        for name, value in (("nu", nu), ("np", np), ("ny", ny)):
+            if value < 0:
+                raise ValueError(f"{name}: expected a count >= 0, got {value}")
         self.fns.nx = nx
         self.fns.nu = nu
         self.fns.np = np
         self.fns.ny = ny
         self._keepalive = (rhs, output, jacobian, ctx, keepalive)
+
+    @property
+    def sizes(self):
+        """``(nx, nu, np, ny)``: the sizes the kernel will use for buffers."""
+        return (self.fns.nx, self.fns.nu, self.fns.np, self.fns.ny)
 
     @property
     def has_output(self):
@@ -62,3 +70,23 @@ cdef class CompiledFns:
     @property
     def has_jacobian(self):
         return self.fns.jacobian != NULL
+
+
+cdef extern from *:
+    """
+    static int twinbench_cpu_x86_64_v3(void) {
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("x86-64-v3") != 0;
+    #else
+        return -1;
+    #endif
+    }
+    """
+    int twinbench_cpu_x86_64_v3()
+
+
+def cpu_x86_64_v3():
+    """1 if this CPU runs x86-64-v3 code (AVX2, FMA, BMI1/2, ...), 0 if not, -1 if the compiler
+    that built twinbench cannot tell."""
+    return twinbench_cpu_x86_64_v3()

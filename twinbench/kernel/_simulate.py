@@ -31,14 +31,14 @@ BLOCK_BYTES = 24 * 1024
 BLOCK: int | None = None
 
 
-def block_size(model: Model, nk: int) -> int:
+def block_size(model: Model, nk: int, method: str = "rk4") -> int:
     """Scenarios per block so that a block's working set stays in the L1 cache (16 to 256,
     a multiple of 8 so that vector loops have no remainder)."""
     if BLOCK is not None:
         return BLOCK
     nx = model.nx
     rows = (nx + max(model.nu, 1) + max(nk, 1) + max(model.ny, 1) + 1
-            + max(5 * nx, nx * nx + 7 * nx))
+            + (5 * nx if method == "rk4" else nx * nx + 7 * nx))
     ld = BLOCK_BYTES // (8 * rows)
     return int(min(256, max(16, ld // 8 * 8)))
 #: Ensembles at least this large use all cores by default.
@@ -251,10 +251,11 @@ def simulate(model: Model, *, duration, dt, steps, every, x0, inputs, params, sc
         if n is not None:
             implied[f"inputs[{k!r}]"] = n
     sizes = set(implied.values())
+    if len(sizes) > 1:
+        sizes.discard(1)  # a length-1 array broadcasts over the others
     if scenarios is not None:
         scenarios = _count(scenarios, "scenarios", 1)
         sizes.add(scenarios)
-    sizes.discard(1) if len(sizes) > 1 else None
     if len(sizes) > 1:
         raise ValueError(f"scenarios: the arrays imply different ensemble sizes: {implied}"
                          + (f" and scenarios={scenarios}" if scenarios is not None else ""))
@@ -292,7 +293,7 @@ def simulate(model: Model, *, duration, dt, steps, every, x0, inputs, params, sc
         # the kernel wants a non-empty parameter buffer even when the model reads none
         PKc = PK if PK.shape[0] else np.zeros((1, nscen))
         _integrate.integrate(model._compiled, m, 0.0, dt, steps, every, X0, U_view, PKc, out, bad,
-                             threads=nthreads, block=block_size(model, PKc.shape[0]))
+                             threads=nthreads, block=block_size(model, PKc.shape[0], method))
     else:
         from twinbench.kernel import _integrate_py
 

@@ -340,6 +340,10 @@ class Model:
         else:
             raise TypeError(f"compiled: expected CompiledFns or a mapping of capsules, got "
                             f"{type(compiled).__name__}")
+        expected = (self.nx, self.nu, self._nk, self.ny)
+        if tuple(fns.sizes) != expected:
+            raise ValueError(f"compiled: its sizes (nx, nu, np, ny) = {tuple(fns.sizes)} do not "
+                             f"match the model's declarations {expected}")
         if self.ny and not fns.has_output:
             raise ValueError("compiled: the model declares outputs, so its C form needs an output "
                              "capsule")
@@ -397,6 +401,8 @@ class Model:
         on_nonfinite : {"raise", "warn"}
             What to do when a state becomes NaN/Inf: raise :class:`IntegrationError`, or warn,
             keep the affected scenarios (NaN from that step on) and record ``nonfinite_step``.
+            States are checked after every step; outputs are not (an output function may
+            legitimately return NaN, e.g. for "not defined at standstill").
 
         Returns
         -------

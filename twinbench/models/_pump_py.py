@@ -1,34 +1,149 @@
 """NumPy reference of the pump model (the compiled twin is ``_pump.pyx``).
 
-Rows of ``x``, ``u``, ``p`` follow the declarations in :mod:`twinbench.models.pump`; every
-function is vectorised over the last axis (scenarios). The statements follow the C code line for
-line so that both round the same way.
+Rows of ``x`` and ``u`` follow the declarations in :mod:`twinbench.models.pump`. ``derive`` maps
+the declared parameters ``(NP, n)`` to the *kernel parameters* ``(NK, n)`` (rows
+:data:`KERNEL_PARAMS`): every quantity that depends on parameters only, computed once per run,
+mostly as reciprocals so that the functions evaluated at every step multiply instead of divide.
+``rhs``, ``output`` and ``jacobian`` take those kernel parameters as ``p`` and are vectorised
+over the last axis (scenarios). Their statements follow the C code line for line so that both
+round the same way.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rhs", "output", "jacobian", "NX", "NU", "NP", "NY"]
+__all__ = ["derive", "rhs", "output", "jacobian", "NX", "NU", "NP", "NY", "NK",
+           "KERNEL_PARAMS"]
 
 NX, NU, NP, NY = 4, 3, 35, 8
 
 G = 9.80665
 RPM = np.pi / 30.0
+RAD_TO_RPM = 30.0 / np.pi
 T_REF_COPPER = 293.15
-# Smoothing widths: |r| ~ sqrt(r^2 + EPS_R^2) for the per-unit speed, Q|Q| ~ Q sqrt(Q^2 + EPS_Q^2).
-EPS_R = 1e-2
-EPS_Q = 1e-4
+# Smoothing widths (squared, as used): |r| ~ sqrt(r^2 + EPS_R^2) for the per-unit speed,
+# Q|Q| ~ Q sqrt(Q^2 + EPS_Q^2).
+EPS_R2 = 1e-2 * 1e-2
+EPS_Q2 = 1e-4 * 1e-4
 # Width of the check valve's smooth switch between open (Q > 0) and closed (Q < 0), m3/s; small so
 # that the open valve's residual loss, k_cv * EPS_CV^2 / 4, stays negligible.
-EPS_CV = 1e-5
+EPS_CV2 = 1e-5 * 1e-5
 # The drive is enabled (magnetising current flows) when the setpoint exceeds ~2 % of rated.
-EPS_ON = 2e-2
-VIB_FLOOR = 0.05
+EPS_ON2 = 2e-2 * 2e-2
+# Width of the smooth positive part of the bearing damage that drives the defect vibration.
+EPS_WEAR2 = 0.1 * 0.1
+VIB_FLOOR2 = 0.05 * 0.05
+
+#: Rows of the kernel parameters, in order (what ``derive`` returns).
+KERNEL_PARAMS = (
+    "inv_rated_speed",          # 1/w_n, s/rad
+    "torque_k0",                # pump torque k0 w^2, N m s2
+    "torque_k1",                # pump torque k1 w Q, N s/m2
+    "friction_coefficient",     # c_f, N m s/rad
+    "slip_per_torque",          # w_slip_n / T_n, 1/(N m s)
+    "inv_ramp_gain",            # 1 / (a_max tau), s2/rad
+    "max_acceleration",         # a_max = w_n / t_ramp, rad/s2
+    "inv_speed_time_constant",  # 1/tau, 1/s
+    "inertia",                  # J, kg m2
+    "inv_rangeability2",        # 1/R_v^2
+    "shutoff_head",             # H0, m
+    "head_coefficient",         # h2, s2/m5
+    "static_head",              # m
+    "pipe_loss_coefficient",    # s2/m5
+    "valve_loss_coefficient",   # s2/m5
+    "half_check_valve_loss",    # k_cv / 2, s2/m5
+    "inv_inertance",            # g A / L, m/s2 per m
+    "inv_rated_torque",         # 1/T_n, 1/(N m)
+    "magnetizing_ratio2",       # i0^2
+    "copper_loss",              # P_cu,20, W
+    "copper_temperature_coefficient",  # 1/K
+    "rotor_loss_coefficient",   # w_slip_n T_n, W
+    "half_iron_loss",           # P_fe,n / 2, W
+    "cooling_static",           # G_n g0, W/K
+    "cooling_speed",            # G_n (1 - g0), W/K
+    "inv_thermal_capacitance",  # 1/C_th, K/J
+    "inv_bep_flow",             # 1/Q_bep, s/m3
+    "load_static",              # l0
+    "load_speed",               # 1 - l0
+    "load_off_design",          # (1 - l0) k_off
+    "wear_rate",                # k_w, 1/s
+    "wear_rate_growth",         # k_w b, 1/s
+    "pressure_per_head",        # rho g 1e-5, bar/m
+    "vibration_base",           # mm/s
+    "vibration_hydraulic",      # mm/s
+    "vibration_bearing",        # mm/s
+    "rated_current",            # A
+)
+NK = len(KERNEL_PARAMS)
+(K_INV_WN, K_K0, K_K1, K_CF, K_SLIP, K_INV_AT, K_AMAX, K_INV_TAU, K_J, K_INV_RV2, K_H0, K_H2,
+ K_HST, K_KPIPE, K_KV, K_KCV2, K_INV_I, K_INV_TN, K_I02, K_PCU, K_ALPHA, K_ROT, K_FE, K_GA, K_GB,
+ K_INV_C, K_INV_QB, K_L0, K_L1, K_L2, K_KW, K_KWB, K_RHOG, K_VB, K_VH, K_VW, K_IN) = range(NK)
 
 
-def _terms(x, u, p):
-    """The intermediate quantities shared by rhs, output and jacobian (computed as in C)."""
+def derive(p):
+    """Kernel parameters ``(NK, n)`` from the declared parameters ``(NP, n)``."""
+    p = np.asarray(p, dtype=float)
+    w_n = p[1] * RPM
+    T_n = p[0] / w_n
+    w_slip_n = w_n * p[2] / (1.0 - p[2])
+    Q_b = p[15]
+    H_b = p[16]
+    P_bep = p[20] * G * Q_b * H_b / p[17]
+    H0 = p[18] * H_b
+    a_max = w_n / p[13]
+    inertance = 4.0 * p[22] / (G * np.pi * p[23] * p[23])
+    pk = np.empty((NK,) + p.shape[1:])
+    pk[K_INV_WN] = 1.0 / w_n
+    pk[K_K0] = p[19] * P_bep / (w_n * w_n * w_n)
+    pk[K_K1] = (1.0 - p[19]) * P_bep / (w_n * w_n * Q_b)
+    pk[K_CF] = p[12]
+    pk[K_SLIP] = w_slip_n / T_n
+    pk[K_INV_AT] = 1.0 / (a_max * p[14])
+    pk[K_AMAX] = a_max
+    pk[K_INV_TAU] = 1.0 / p[14]
+    pk[K_J] = p[11]
+    pk[K_INV_RV2] = 1.0 / (p[26] * p[26])
+    pk[K_H0] = H0
+    pk[K_H2] = (H0 - H_b) / (Q_b * Q_b)
+    pk[K_HST] = p[21]
+    pk[K_KPIPE] = p[24]
+    pk[K_KV] = p[25]
+    pk[K_KCV2] = 0.5 * p[34]
+    pk[K_INV_I] = 1.0 / inertance
+    pk[K_INV_TN] = 1.0 / T_n
+    pk[K_I02] = p[4] * p[4]
+    pk[K_PCU] = p[5]
+    pk[K_ALPHA] = p[7]
+    pk[K_ROT] = w_slip_n * T_n
+    pk[K_FE] = 0.5 * p[6]
+    pk[K_GA] = p[9] * p[10]
+    pk[K_GB] = p[9] * (1.0 - p[10])
+    pk[K_INV_C] = 1.0 / p[8]
+    pk[K_INV_QB] = 1.0 / Q_b
+    pk[K_L0] = p[29]
+    pk[K_L1] = 1.0 - p[29]
+    pk[K_L2] = (1.0 - p[29]) * p[30]
+    pk[K_KW] = p[27]
+    pk[K_KWB] = p[27] * p[28]
+    pk[K_RHOG] = p[20] * G * 1e-5
+    pk[K_VB] = p[31]
+    pk[K_VH] = p[32]
+    pk[K_VW] = p[33]
+    pk[K_IN] = p[3]
+    return pk
+
+
+def _check(p):
+    if p.shape[0] != NK:
+        raise ValueError(f"p: the pump functions take the {NK} kernel parameters that "
+                         f"derive() (Model.kernel_params) makes of the {NP} declared ones; got "
+                         f"{p.shape[0]} rows")
+
+
+def rhs(t, x, u, p):
+    """dx/dt of the pump, shape ``(4, n)``; ``p`` are the kernel parameters."""
+    _check(p)
     w = x[0]
     Q = x[1]
     Tw = x[2]
@@ -37,142 +152,177 @@ def _terms(x, u, p):
     valve = u[1]
     Ta = u[2]
 
-    w_n = p[1] * RPM
-    T_n = p[0] / w_n
-    w_slip_n = w_n * p[2] / (1.0 - p[2])
-    s_on = w_set / w_n
-    i02 = p[4] * p[4] * (s_on * s_on / (s_on * s_on + EPS_ON * EPS_ON))
-    Q_b = p[15]
-    H_b = p[16]
-    P_bep = p[20] * G * Q_b * H_b / p[17]
-    k0 = p[19] * P_bep / (w_n * w_n * w_n)
-    k1 = (1.0 - p[19]) * P_bep / (w_n * w_n * Q_b)
-    H0 = p[18] * H_b
-    h2 = (H0 - H_b) / (Q_b * Q_b)
-    inertance = 4.0 * p[22] / (G * np.pi * p[23] * p[23])
-    c_f = p[12]
-    l0 = p[29]
-    k_off = p[30]
-
-    r = w / w_n
-    sr = np.sqrt(r * r + EPS_R * EPS_R)
-    sQ = np.sqrt(Q * Q + EPS_Q * EPS_Q)
-    sC = np.sqrt(Q * Q + EPS_CV * EPS_CV)
-    H = H0 * r * r - h2 * Q * sQ
-    T_L = k0 * w * w + k1 * w * Q + c_f * (1.0 + wear) * w
-    a_max = w_n / p[13]
-    e = w_set - w_slip_n * T_L / T_n - w
-    z = e / (a_max * p[14])
-    sz = 1.0 / np.sqrt(1.0 + z * z)
-    f0 = a_max * z * sz
-    v2 = valve * valve + 1.0 / (p[26] * p[26])
-    k_sys = p[24] + p[25] / v2
-    f1 = (H - p[21] - k_sys * Q * sQ - 0.5 * p[34] * Q * (sC - Q)) / inertance
-    T_e = T_L + p[11] * f0
-    tq = T_e / T_n
-    i2 = i02 + (1.0 - i02) * tq * tq
-    theta = 1.0 + p[7] * (Tw - T_REF_COPPER)
-    P_cu = p[5] * i2 * theta
-    P_rot = w_slip_n * T_e * tq
-    P_fe = p[6] * (0.5 * sr + 0.5 * r * r)
-    G_th = p[9] * (p[10] + (1.0 - p[10]) * sr)
-    f2 = (P_cu + P_rot + P_fe - G_th * (Tw - Ta)) / p[8]
-    q = Q / Q_b
-    d = q - r
-    ell = l0 + (1.0 - l0) * (r * r + k_off * d * d)
-    ell3 = ell * ell * ell
-    grow = 1.0 + p[28] * wear
-    f3 = p[27] * sr * ell3 * grow
-    return dict(w=w, Q=Q, Tw=Tw, wear=wear, Ta=Ta, w_n=w_n, T_n=T_n, w_slip_n=w_slip_n, i02=i02,
-                Q_b=Q_b, H0=H0, h2=h2, k0=k0, k1=k1, inertance=inertance, c_f=c_f, l0=l0,
-                k_off=k_off, r=r, sr=sr, sQ=sQ, sC=sC, H=H, T_L=T_L, a_max=a_max, z=z, sz=sz,
-                k_sys=k_sys, T_e=T_e, tq=tq, i2=i2, theta=theta, P_cu=P_cu, P_rot=P_rot,
-                P_fe=P_fe, G_th=G_th, d=d, ell=ell, ell3=ell3, grow=grow,
-                f0=f0, f1=f1, f2=f2, f3=f3)
-
-
-def rhs(t, x, u, p):
-    """dx/dt of the pump, shape ``(4, n)``."""
-    c = _terms(x, u, p)
-    return np.stack([c["f0"], c["f1"], c["f2"], c["f3"]])
+    r = w * p[K_INV_WN]
+    r2 = r * r
+    sr = np.sqrt(r2 + EPS_R2)
+    Q2 = Q * Q
+    sQ = np.sqrt(Q2 + EPS_Q2)
+    sC = np.sqrt(Q2 + EPS_CV2)
+    T_L = (p[K_K0] * w + p[K_K1] * Q + p[K_CF] * (1.0 + wear)) * w
+    z = (w_set - w - p[K_SLIP] * T_L) * p[K_INV_AT]
+    S = np.sqrt(1.0 + z * z)
+    s_on = w_set * p[K_INV_WN]
+    s2 = s_on * s_on
+    A = s2 + EPS_ON2
+    B = valve * valve + p[K_INV_RV2]
+    AB = A * B
+    rec = 1.0 / (AB * S)
+    f0 = p[K_AMAX] * z * (rec * AB)
+    k_sys = p[K_KPIPE] + p[K_KV] * (rec * A * S)
+    H = p[K_H0] * r2 - p[K_H2] * Q * sQ
+    f1 = (H - p[K_HST] - k_sys * Q * sQ - p[K_KCV2] * Q * (sC - Q)) * p[K_INV_I]
+    T_e = T_L + p[K_J] * f0
+    tq = T_e * p[K_INV_TN]
+    tq2 = tq * tq
+    i02 = p[K_I02] * s2 * (rec * B * S)
+    i2 = i02 + (1.0 - i02) * tq2
+    P_cu = p[K_PCU] * i2 * (1.0 + p[K_ALPHA] * (Tw - T_REF_COPPER))
+    G_th = p[K_GA] + p[K_GB] * sr
+    f2 = (P_cu + p[K_ROT] * tq2 + p[K_FE] * (sr + r2) - G_th * (Tw - Ta)) * p[K_INV_C]
+    d = Q * p[K_INV_QB] - r
+    ell = p[K_L0] + p[K_L1] * r2 + p[K_L2] * d * d
+    f3 = sr * ell * ell * ell * (p[K_KW] + p[K_KWB] * wear)
+    return np.stack([f0, f1, f2, f3])
 
 
 def output(t, x, u, p):
     """Sensor readings (speed, flow rate, total head, pressure, motor temperature, vibration,
-    current, power), shape ``(8, n)``."""
-    c = _terms(x, u, p)
-    r = c["r"]
-    vb = p[31] * r * r
-    vh = p[32] * c["d"]
-    vw = p[33] * c["wear"] * r * c["ell"]
-    vib = np.sqrt(VIB_FLOOR * VIB_FLOOR + vb * vb + vh * vh + vw * vw)
-    P_el = c["T_e"] * c["w"] + c["P_rot"] + c["P_cu"] + c["P_fe"]
+    current, power), shape ``(8, n)``; ``p`` are the kernel parameters."""
+    _check(p)
+    w = x[0]
+    Q = x[1]
+    Tw = x[2]
+    wear = x[3]
+    w_set = u[0] * RPM
+
+    r = w * p[K_INV_WN]
+    r2 = r * r
+    sr = np.sqrt(r2 + EPS_R2)
+    sQ = np.sqrt(Q * Q + EPS_Q2)
+    T_L = (p[K_K0] * w + p[K_K1] * Q + p[K_CF] * (1.0 + wear)) * w
+    z = (w_set - w - p[K_SLIP] * T_L) * p[K_INV_AT]
+    S = np.sqrt(1.0 + z * z)
+    s_on = w_set * p[K_INV_WN]
+    s2 = s_on * s_on
+    A = s2 + EPS_ON2
+    rec = 1.0 / (A * S)
+    f0 = p[K_AMAX] * z * (rec * A)
+    T_e = T_L + p[K_J] * f0
+    tq = T_e * p[K_INV_TN]
+    tq2 = tq * tq
+    i02 = p[K_I02] * s2 * (rec * S)
+    i2 = i02 + (1.0 - i02) * tq2
+    P_cu = p[K_PCU] * i2 * (1.0 + p[K_ALPHA] * (Tw - T_REF_COPPER))
+    H = p[K_H0] * r2 - p[K_H2] * Q * sQ
+    d = Q * p[K_INV_QB] - r
+    ell = p[K_L0] + p[K_L1] * r2 + p[K_L2] * d * d
+    wear_pos = 0.5 * (wear + np.sqrt(wear * wear + EPS_WEAR2))
+    vb = p[K_VB] * r2
+    vh = p[K_VH] * d
+    vw = p[K_VW] * wear_pos * r * ell
     return np.stack([
-        c["w"] / RPM,
-        c["Q"] * 3600.0,
-        c["H"],
-        p[20] * G * c["H"] * 1e-5,
-        c["Tw"] - 273.15,
-        vib,
-        p[3] * np.sqrt(c["i2"]),
-        P_el * 1e-3,
+        w * RAD_TO_RPM,
+        Q * 3600.0,
+        H,
+        p[K_RHOG] * H,
+        Tw - 273.15,
+        np.sqrt(VIB_FLOOR2 + vb * vb + vh * vh + vw * vw),
+        p[K_IN] * np.sqrt(i2),
+        (T_e * w + p[K_ROT] * tq2 + P_cu + p[K_FE] * (sr + r2)) * 1e-3,
     ])
 
 
 def jacobian(t, x, u, p):
-    """Analytic d(dx/dt)/dx, shape ``(4, 4, n)`` with ``J[r, c] = d f_r / d x_c``."""
-    c = _terms(x, u, p)
-    w, Q, wear = c["w"], c["Q"], c["wear"]
-    w_n, T_n, w_slip_n = c["w_n"], c["T_n"], c["w_slip_n"]
-    r, sr, sQ = c["r"], c["sr"], c["sQ"]
+    """Analytic d(dx/dt)/dx, shape ``(4, 4, n)`` with ``J[r, c] = d f_r / d x_c``; ``p`` are the
+    kernel parameters."""
+    _check(p)
+    w = x[0]
+    Q = x[1]
+    Tw = x[2]
+    wear = x[3]
+    w_set = u[0] * RPM
+    valve = u[1]
+    Ta = u[2]
+
+    iwn = p[K_INV_WN]
+    r = w * iwn
+    r2 = r * r
+    sr = np.sqrt(r2 + EPS_R2)
+    Q2 = Q * Q
+    sQ = np.sqrt(Q2 + EPS_Q2)
+    sC = np.sqrt(Q2 + EPS_CV2)
+    T_L = (p[K_K0] * w + p[K_K1] * Q + p[K_CF] * (1.0 + wear)) * w
+    z = (w_set - w - p[K_SLIP] * T_L) * p[K_INV_AT]
+    S = np.sqrt(1.0 + z * z)
+    s_on = w_set * iwn
+    s2 = s_on * s_on
+    A = s2 + EPS_ON2
+    B = valve * valve + p[K_INV_RV2]
+    # six reciprocals from one division: invert the running product, then peel factors off
+    P1 = S * A
+    P2 = P1 * B
+    P3 = P2 * sQ
+    P4 = P3 * sC
+    R5 = 1.0 / (P4 * sr)
+    inv_sr = R5 * P4
+    R4 = R5 * sr
+    inv_sC = R4 * P3
+    R3 = R4 * sC
+    inv_sQ = R3 * P2
+    R2 = R3 * sQ
+    inv_B = R2 * P1
+    R1 = R2 * B
+    inv_A = R1 * S
+    inv_S = R1 * A
+
+    f0 = p[K_AMAX] * z * inv_S
+    T_e = T_L + p[K_J] * f0
+    tq = T_e * p[K_INV_TN]
+    i02 = p[K_I02] * s2 * inv_A
+    i2 = i02 + (1.0 - i02) * tq * tq
+    theta = 1.0 + p[K_ALPHA] * (Tw - T_REF_COPPER)
+    d = Q * p[K_INV_QB] - r
+    ell = p[K_L0] + p[K_L1] * r2 + p[K_L2] * d * d
+    ell2 = ell * ell
 
     # torque balance and drive
-    dTL_dw = 2.0 * c["k0"] * w + c["k1"] * Q + c["c_f"] * (1.0 + wear)
-    dTL_dQ = c["k1"] * w
-    dTL_dwear = c["c_f"] * w
-    sz = c["sz"]
-    gain = sz * sz * sz / p[14]
-    s_T = w_slip_n / T_n
-    j00 = gain * (-s_T * dTL_dw - 1.0)
-    j01 = gain * (-s_T * dTL_dQ)
-    j03 = gain * (-s_T * dTL_dwear)
+    dTL_dw = 2.0 * p[K_K0] * w + p[K_K1] * Q + p[K_CF] * (1.0 + wear)
+    dTL_dQ = p[K_K1] * w
+    dTL_dwear = p[K_CF] * w
+    gain = p[K_INV_TAU] * inv_S * inv_S * inv_S
+    c_e = p[K_SLIP]
+    j00 = -gain * (c_e * dTL_dw + 1.0)
+    j01 = -gain * (c_e * dTL_dQ)
+    j03 = -gain * (c_e * dTL_dwear)
 
     # pipe
-    dsr_dw = r / (sr * w_n)
-    dQsQ = sQ + Q * Q / sQ
-    j10 = 2.0 * c["H0"] * r / w_n / c["inertance"]
-    sC = c["sC"]
-    j11 = (-c["h2"] * dQsQ - c["k_sys"] * dQsQ - 0.5 * p[34] * (sC - 2.0 * Q + Q * Q / sC)) \
-        / c["inertance"]
+    k_sys = p[K_KPIPE] + p[K_KV] * inv_B
+    dQsQ = sQ + Q2 * inv_sQ
+    j10 = 2.0 * p[K_H0] * r * iwn * p[K_INV_I]
+    j11 = -((p[K_H2] + k_sys) * dQsQ + p[K_KCV2] * (sC - 2.0 * Q + Q2 * inv_sC)) * p[K_INV_I]
 
     # winding temperature
-    J_in = p[11]
-    dTe_dw = dTL_dw + J_in * j00
-    dTe_dQ = dTL_dQ + J_in * j01
-    dTe_dwear = dTL_dwear + J_in * j03
-    k_i2 = 2.0 * (1.0 - c["i02"]) * c["tq"] / T_n
-    k_cu = p[5] * c["theta"] * k_i2 + 2.0 * w_slip_n * c["tq"]
-    dPfe_dw = p[6] * (0.5 * dsr_dw + r / w_n)
-    dG_dw = p[9] * (1.0 - p[10]) * dsr_dw
-    C_th = p[8]
-    j20 = (k_cu * dTe_dw + dPfe_dw - dG_dw * (c["Tw"] - c["Ta"])) / C_th
-    j21 = k_cu * dTe_dQ / C_th
-    j22 = (p[5] * c["i2"] * p[7] - c["G_th"]) / C_th
-    j23 = k_cu * dTe_dwear / C_th
+    inv_C = p[K_INV_C]
+    k_cu = 2.0 * tq * p[K_INV_TN] * (p[K_PCU] * theta * (1.0 - i02) + p[K_ROT]) * inv_C
+    dsr_dw = r * iwn * inv_sr
+    dPfe_dw = p[K_FE] * (dsr_dw + 2.0 * r * iwn)
+    j20 = k_cu * (dTL_dw + p[K_J] * j00) + (dPfe_dw - p[K_GB] * dsr_dw * (Tw - Ta)) * inv_C
+    j21 = k_cu * (dTL_dQ + p[K_J] * j01)
+    j22 = (p[K_PCU] * i2 * p[K_ALPHA] - (p[K_GA] + p[K_GB] * sr)) * inv_C
+    j23 = k_cu * (dTL_dwear + p[K_J] * j03)
 
     # wear
-    l0, k_off, d, ell, ell3 = c["l0"], c["k_off"], c["d"], c["ell"], c["ell3"]
-    dl_dw = (1.0 - l0) * (2.0 * r - 2.0 * k_off * d) / w_n
-    dl_dQ = (1.0 - l0) * 2.0 * k_off * d / c["Q_b"]
-    kw = p[27] * c["grow"]
-    j30 = kw * (dsr_dw * ell3 + sr * 3.0 * ell * ell * dl_dw)
-    j31 = kw * sr * 3.0 * ell * ell * dl_dQ
-    j33 = p[27] * sr * ell3 * p[28]
+    kgrow = p[K_KW] + p[K_KWB] * wear
+    dl_dw = (2.0 * p[K_L1] * r - 2.0 * p[K_L2] * d) * iwn
+    dl_dQ = 2.0 * p[K_L2] * d * p[K_INV_QB]
+    j30 = kgrow * (dsr_dw * ell2 * ell + 3.0 * sr * ell2 * dl_dw)
+    j31 = kgrow * 3.0 * sr * ell2 * dl_dQ
+    j33 = sr * ell2 * ell * p[K_KWB]
 
-    z = np.zeros_like(w)
+    zero = np.zeros_like(j00)
     return np.array([
-        [j00, j01, z, j03],
-        [j10, j11, z, z],
+        [j00, j01, zero, j03],
+        [j10, j11, zero, zero],
         [j20, j21, j22, j23],
-        [j30, j31, z, j33],
+        [j30, j31, zero, j33],
     ])

@@ -223,8 +223,9 @@ assert (len(STATES), len(INPUTS), len(PARAMS), len(OUTPUTS)) == (
 def _compiled():
     if pure_python():
         return None
-    from twinbench.models import _pump
+    from twinbench.kernel._dispatch import compiled_module
 
+    _pump = compiled_module("twinbench.models._pump")
     return _pump.capsules()
 
 
@@ -264,6 +265,7 @@ def pump(**defaults: float) -> Model:
         output=_pump_py.output,
         jacobian=_pump_py.jacobian,
         compiled=_compiled(),
+        derive=_pump_py.derive,
         description=("Centrifugal pump driven by an induction motor under V/f control, with "
                      "pipe-flow inertia, winding temperature and bearing wear."),
         references=REFERENCES,
