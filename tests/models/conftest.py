@@ -40,7 +40,8 @@ def call_capsule(capsule, rows: int, t: float, x, u, p, pad: int = 3) -> np.ndar
 
 
 def defaults(model, n: int = 1):
-    """Declared defaults as ``(nx, n)``, ``(nu, n)``, ``(np, n)`` arrays."""
+    """Declared defaults as ``(nx, n)``, ``(nu, n)``, ``(np, n)`` arrays (the model functions take
+    ``model.kernel_params(p)``, which is ``p`` itself unless the model has a ``derive``)."""
     col = lambda vs: np.tile(np.array([[v.default] for v in vs], dtype=float), (1, n))  # noqa
     return col(model.states), col(model.inputs), col(model.params)
 
@@ -73,7 +74,8 @@ def newton_steady_state(rhs, jac, x, u, p, free, iters: int = 50) -> np.ndarray:
 
 
 def steady(model, inputs=None, params=None, free=None, x0=None, settle=None):
-    """Steady state of ``model`` (one scenario) for constant inputs; returns ``(x, u, p)``.
+    """Steady state of ``model`` (one scenario) for constant inputs; returns ``(x, u, pk)`` with
+    ``pk`` the kernel parameters (``model.kernel_params``: what the model functions take).
 
     Runs the model for ``settle = (duration, dt)`` seconds with ROS2 to get close, then polishes
     with Newton on the states ``free`` (default: all but those whose name contains "wear" or
@@ -96,7 +98,8 @@ def steady(model, inputs=None, params=None, free=None, x0=None, settle=None):
                             params={k: p[i, 0] for i, k in enumerate(model.param_names)})
         for i in free:
             x[i, 0] = float(ds[model.state_names[i]][-1])
-    return newton_steady_state(model.rhs, model.jacobian, x, u, p, free), u, p
+    pk = model.kernel_params(p)
+    return newton_steady_state(model.rhs, model.jacobian, x, u, pk, free), u, pk
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ def random_point(name, rng, n=37):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_c_equals_numpy_pointwise(name, rng, tools):
     model, x, u, p = random_point(name, rng)
+    p = model.kernel_params(p)
     py = importlib.import_module(CASES[name][0] + "_py")
     caps = importlib.import_module(CASES[name][0]).capsules()
     nx, ny = model.nx, model.ny
@@ -59,6 +60,7 @@ def test_c_equals_numpy_pointwise(name, rng, tools):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_jacobian_matches_finite_differences(name, rng, tools):
     model, x, u, p = random_point(name, rng)
+    p = model.kernel_params(p)
     J = model.jacobian(0.0, x, u, p)
     assert J.shape == (model.nx, model.nx, x.shape[1])
     # Central differences at three step sizes: each entry must match at the best of them (a
@@ -117,6 +119,7 @@ def test_declarations(name, tools):
     signed = {"static_head", "entropic_coefficient"}
     assert all(v.default > 0 for v in model.params if v.name not in signed)
     x, u, p = tools.defaults(model)
+    p = model.kernel_params(p)
     assert np.isfinite(model.rhs(0.0, x, u, p)).all()
     assert np.isfinite(model.output(0.0, x, u, p)).all()
 

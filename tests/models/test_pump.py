@@ -24,6 +24,7 @@ def settle(model, duration=60.0, dt=0.05, **kw):
 def test_default_state_is_the_steady_operating_point(tools):
     m = pump()
     x, u, p = tools.defaults(m)
+    p = m.kernel_params(p)
     f = m.rhs(0.0, x, u, p)[:, 0]
     # speed, flow and temperature derivatives vanish on their own scales (wear always grows)
     assert abs(f[0]) < 1e-3 * 300 / 0.5

@@ -35,50 +35,51 @@ EPS_ON2 = 2e-2 * 2e-2
 EPS_WEAR2 = 0.1 * 0.1
 VIB_FLOOR2 = 0.05 * 0.05
 
-#: Rows of the kernel parameters, in order (what ``derive`` returns).
+#: Rows of the kernel parameters, in order (what ``derive`` returns). The right-hand side reads
+#: the first 28; coefficients of the flow and temperature equations come divided by the
+#: inertance and the heat capacity.
 KERNEL_PARAMS = (
     "inv_rated_speed",          # 1/w_n, s/rad
     "torque_k0",                # pump torque k0 w^2, N m s2
     "torque_k1",                # pump torque k1 w Q, N s/m2
     "friction_coefficient",     # c_f, N m s/rad
-    "slip_per_torque",          # w_slip_n / T_n, 1/(N m s)
-    "inv_ramp_gain",            # 1 / (a_max tau), s2/rad
-    "max_acceleration",         # a_max = w_n / t_ramp, rad/s2
-    "inv_speed_time_constant",  # 1/tau, 1/s
-    "inertia",                  # J, kg m2
+    "inv_ramp_gain",            # 1/(a_max tau), s2/rad
+    "slip_ramp_gain",           # (w_slip_n/T_n)/(a_max tau), s/(N m rad)
+    "max_acceleration",         # a_max = w_n/t_ramp, rad/s2
+    "inertia_acceleration",     # J a_max, N m
     "inv_rangeability2",        # 1/R_v^2
-    "shutoff_head",             # H0, m
-    "head_coefficient",         # h2, s2/m5
-    "static_head",              # m
-    "pipe_loss_coefficient",    # s2/m5
-    "valve_loss_coefficient",   # s2/m5
-    "half_check_valve_loss",    # k_cv / 2, s2/m5
-    "inv_inertance",            # g A / L, m/s2 per m
+    "shutoff_head_i",           # H0/I, m3/s2
+    "static_head_i",            # H_st/I, m3/s2
+    "head_loss_i",              # (h2 + k_pipe)/I, 1/m3
+    "valve_loss_i",             # k_v/I, 1/m3
+    "check_valve_i",            # k_cv/(2 I), 1/m3
     "inv_rated_torque",         # 1/T_n, 1/(N m)
     "magnetizing_ratio2",       # i0^2
-    "copper_loss",              # P_cu,20, W
-    "copper_temperature_coefficient",  # 1/K
-    "rotor_loss_coefficient",   # w_slip_n T_n, W
-    "half_iron_loss",           # P_fe,n / 2, W
-    "cooling_static",           # G_n g0, W/K
-    "cooling_speed",            # G_n (1 - g0), W/K
-    "inv_thermal_capacitance",  # 1/C_th, K/J
+    "copper_loss_c",            # P_cu,20/C_th, K/s
+    "copper_temperature_coefficient",  # alpha, 1/K
+    "rotor_loss_c",             # w_slip_n T_n/C_th, K/s
+    "iron_loss_c",              # P_fe,n/(2 C_th), K/s
+    "cooling_static_c",         # G_n g0/C_th, 1/s
+    "cooling_speed_c",          # G_n (1 - g0)/C_th, 1/s
     "inv_bep_flow",             # 1/Q_bep, s/m3
     "load_static",              # l0
     "load_speed",               # 1 - l0
     "load_off_design",          # (1 - l0) k_off
     "wear_rate",                # k_w, 1/s
     "wear_rate_growth",         # k_w b, 1/s
+    "shutoff_head",             # H0, m
+    "head_coefficient",         # h2, s2/m5
     "pressure_per_head",        # rho g 1e-5, bar/m
+    "thermal_capacitance_kw",   # C_th 1e-3: K/s of the scaled losses to kW
     "vibration_base",           # mm/s
     "vibration_hydraulic",      # mm/s
     "vibration_bearing",        # mm/s
     "rated_current",            # A
 )
 NK = len(KERNEL_PARAMS)
-(K_INV_WN, K_K0, K_K1, K_CF, K_SLIP, K_INV_AT, K_AMAX, K_INV_TAU, K_J, K_INV_RV2, K_H0, K_H2,
- K_HST, K_KPIPE, K_KV, K_KCV2, K_INV_I, K_INV_TN, K_I02, K_PCU, K_ALPHA, K_ROT, K_FE, K_GA, K_GB,
- K_INV_C, K_INV_QB, K_L0, K_L1, K_L2, K_KW, K_KWB, K_RHOG, K_VB, K_VH, K_VW, K_IN) = range(NK)
+(K_INV_WN, K_K0, K_K1, K_CF, K_INV_AT, K_CE_AT, K_AMAX, K_JA, K_INV_RV2, K_H0I, K_HSTI, K_HKI,
+ K_KVI, K_KCVI, K_INV_TN, K_I02, K_CUC, K_ALPHA, K_ROTC, K_FEC, K_GAC, K_GBC, K_INV_QB, K_L0,
+ K_L1, K_L2, K_KW, K_KWB, K_H0, K_H2, K_RHOG, K_CTHK, K_VB, K_VH, K_VW, K_IN) = range(NK)
 
 
 def derive(p):
@@ -91,42 +92,44 @@ def derive(p):
     H_b = p[16]
     P_bep = p[20] * G * Q_b * H_b / p[17]
     H0 = p[18] * H_b
+    h2 = (H0 - H_b) / (Q_b * Q_b)
     a_max = w_n / p[13]
-    inertance = 4.0 * p[22] / (G * np.pi * p[23] * p[23])
+    inv_at = 1.0 / (a_max * p[14])
+    inv_I = (G * np.pi * p[23] * p[23]) / (4.0 * p[22])
+    inv_C = 1.0 / p[8]
     pk = np.empty((NK,) + p.shape[1:])
     pk[K_INV_WN] = 1.0 / w_n
     pk[K_K0] = p[19] * P_bep / (w_n * w_n * w_n)
     pk[K_K1] = (1.0 - p[19]) * P_bep / (w_n * w_n * Q_b)
     pk[K_CF] = p[12]
-    pk[K_SLIP] = w_slip_n / T_n
-    pk[K_INV_AT] = 1.0 / (a_max * p[14])
+    pk[K_INV_AT] = inv_at
+    pk[K_CE_AT] = w_slip_n / T_n * inv_at
     pk[K_AMAX] = a_max
-    pk[K_INV_TAU] = 1.0 / p[14]
-    pk[K_J] = p[11]
+    pk[K_JA] = p[11] * a_max
     pk[K_INV_RV2] = 1.0 / (p[26] * p[26])
-    pk[K_H0] = H0
-    pk[K_H2] = (H0 - H_b) / (Q_b * Q_b)
-    pk[K_HST] = p[21]
-    pk[K_KPIPE] = p[24]
-    pk[K_KV] = p[25]
-    pk[K_KCV2] = 0.5 * p[34]
-    pk[K_INV_I] = 1.0 / inertance
+    pk[K_H0I] = H0 * inv_I
+    pk[K_HSTI] = p[21] * inv_I
+    pk[K_HKI] = (h2 + p[24]) * inv_I
+    pk[K_KVI] = p[25] * inv_I
+    pk[K_KCVI] = 0.5 * p[34] * inv_I
     pk[K_INV_TN] = 1.0 / T_n
     pk[K_I02] = p[4] * p[4]
-    pk[K_PCU] = p[5]
+    pk[K_CUC] = p[5] * inv_C
     pk[K_ALPHA] = p[7]
-    pk[K_ROT] = w_slip_n * T_n
-    pk[K_FE] = 0.5 * p[6]
-    pk[K_GA] = p[9] * p[10]
-    pk[K_GB] = p[9] * (1.0 - p[10])
-    pk[K_INV_C] = 1.0 / p[8]
+    pk[K_ROTC] = w_slip_n * T_n * inv_C
+    pk[K_FEC] = 0.5 * p[6] * inv_C
+    pk[K_GAC] = p[9] * p[10] * inv_C
+    pk[K_GBC] = p[9] * (1.0 - p[10]) * inv_C
     pk[K_INV_QB] = 1.0 / Q_b
     pk[K_L0] = p[29]
     pk[K_L1] = 1.0 - p[29]
     pk[K_L2] = (1.0 - p[29]) * p[30]
     pk[K_KW] = p[27]
     pk[K_KWB] = p[27] * p[28]
+    pk[K_H0] = H0
+    pk[K_H2] = h2
     pk[K_RHOG] = p[20] * G * 1e-5
+    pk[K_CTHK] = p[8] * 1e-3
     pk[K_VB] = p[31]
     pk[K_VH] = p[32]
     pk[K_VW] = p[33]
@@ -159,30 +162,29 @@ def rhs(t, x, u, p):
     sQ = np.sqrt(Q2 + EPS_Q2)
     sC = np.sqrt(Q2 + EPS_CV2)
     T_L = (p[K_K0] * w + p[K_K1] * Q + p[K_CF] * (1.0 + wear)) * w
-    z = (w_set - w - p[K_SLIP] * T_L) * p[K_INV_AT]
+    z = (w_set - w) * p[K_INV_AT] - p[K_CE_AT] * T_L
     S = np.sqrt(1.0 + z * z)
     s_on = w_set * p[K_INV_WN]
     s2 = s_on * s_on
     A = s2 + EPS_ON2
     B = valve * valve + p[K_INV_RV2]
+    # 1/A and 1/B from one division (inputs only: off the critical path)
     AB = A * B
-    rec = 1.0 / (AB * S)
-    f0 = p[K_AMAX] * z * (rec * AB)
-    k_sys = p[K_KPIPE] + p[K_KV] * (rec * A * S)
-    H = p[K_H0] * r2 - p[K_H2] * Q * sQ
-    f1 = (H - p[K_HST] - k_sys * Q * sQ - p[K_KCV2] * Q * (sC - Q)) * p[K_INV_I]
-    T_e = T_L + p[K_J] * f0
+    rec = 1.0 / AB
+    sat = z / S
+    T_e = T_L + p[K_JA] * sat
     tq = T_e * p[K_INV_TN]
     tq2 = tq * tq
-    i02 = p[K_I02] * s2 * (rec * B * S)
+    i02 = p[K_I02] * s2 * (rec * B)
     i2 = i02 + (1.0 - i02) * tq2
-    P_cu = p[K_PCU] * i2 * (1.0 + p[K_ALPHA] * (Tw - T_REF_COPPER))
-    G_th = p[K_GA] + p[K_GB] * sr
-    f2 = (P_cu + p[K_ROT] * tq2 + p[K_FE] * (sr + r2) - G_th * (Tw - Ta)) * p[K_INV_C]
+    f1 = (p[K_H0I] * r2 - p[K_HSTI] - (p[K_HKI] + p[K_KVI] * (rec * A)) * Q * sQ
+          - p[K_KCVI] * Q * (sC - Q))
+    f2 = (p[K_CUC] * i2 * (1.0 + p[K_ALPHA] * (Tw - T_REF_COPPER)) + p[K_ROTC] * tq2
+          + p[K_FEC] * (sr + r2) - (p[K_GAC] + p[K_GBC] * sr) * (Tw - Ta))
     d = Q * p[K_INV_QB] - r
     ell = p[K_L0] + p[K_L1] * r2 + p[K_L2] * d * d
     f3 = sr * ell * ell * ell * (p[K_KW] + p[K_KWB] * wear)
-    return np.stack([f0, f1, f2, f3])
+    return np.stack([p[K_AMAX] * sat, f1, f2, f3])
 
 
 def output(t, x, u, p):
@@ -200,22 +202,23 @@ def output(t, x, u, p):
     sr = np.sqrt(r2 + EPS_R2)
     sQ = np.sqrt(Q * Q + EPS_Q2)
     T_L = (p[K_K0] * w + p[K_K1] * Q + p[K_CF] * (1.0 + wear)) * w
-    z = (w_set - w - p[K_SLIP] * T_L) * p[K_INV_AT]
+    z = (w_set - w) * p[K_INV_AT] - p[K_CE_AT] * T_L
     S = np.sqrt(1.0 + z * z)
     s_on = w_set * p[K_INV_WN]
     s2 = s_on * s_on
     A = s2 + EPS_ON2
     rec = 1.0 / (A * S)
-    f0 = p[K_AMAX] * z * (rec * A)
-    T_e = T_L + p[K_J] * f0
+    T_e = T_L + p[K_JA] * (z * (rec * A))
     tq = T_e * p[K_INV_TN]
     tq2 = tq * tq
     i02 = p[K_I02] * s2 * (rec * S)
     i2 = i02 + (1.0 - i02) * tq2
-    P_cu = p[K_PCU] * i2 * (1.0 + p[K_ALPHA] * (Tw - T_REF_COPPER))
+    losses = (p[K_CUC] * i2 * (1.0 + p[K_ALPHA] * (Tw - T_REF_COPPER)) + p[K_ROTC] * tq2
+              + p[K_FEC] * (sr + r2))
     H = p[K_H0] * r2 - p[K_H2] * Q * sQ
     d = Q * p[K_INV_QB] - r
     ell = p[K_L0] + p[K_L1] * r2 + p[K_L2] * d * d
+    # smooth positive part of the damage (see the pump module: Outputs)
     wear_pos = 0.5 * (wear + np.sqrt(wear * wear + EPS_WEAR2))
     vb = p[K_VB] * r2
     vh = p[K_VH] * d
@@ -228,7 +231,7 @@ def output(t, x, u, p):
         Tw - 273.15,
         np.sqrt(VIB_FLOOR2 + vb * vb + vh * vh + vw * vw),
         p[K_IN] * np.sqrt(i2),
-        (T_e * w + p[K_ROT] * tq2 + P_cu + p[K_FE] * (sr + r2)) * 1e-3,
+        T_e * w * 1e-3 + losses * p[K_CTHK],
     ])
 
 
@@ -252,7 +255,7 @@ def jacobian(t, x, u, p):
     sQ = np.sqrt(Q2 + EPS_Q2)
     sC = np.sqrt(Q2 + EPS_CV2)
     T_L = (p[K_K0] * w + p[K_K1] * Q + p[K_CF] * (1.0 + wear)) * w
-    z = (w_set - w - p[K_SLIP] * T_L) * p[K_INV_AT]
+    z = (w_set - w) * p[K_INV_AT] - p[K_CE_AT] * T_L
     S = np.sqrt(1.0 + z * z)
     s_on = w_set * iwn
     s2 = s_on * s_on
@@ -275,8 +278,7 @@ def jacobian(t, x, u, p):
     inv_A = R1 * S
     inv_S = R1 * A
 
-    f0 = p[K_AMAX] * z * inv_S
-    T_e = T_L + p[K_J] * f0
+    T_e = T_L + p[K_JA] * (z * inv_S)
     tq = T_e * p[K_INV_TN]
     i02 = p[K_I02] * s2 * inv_A
     i2 = i02 + (1.0 - i02) * tq * tq
@@ -285,31 +287,29 @@ def jacobian(t, x, u, p):
     ell = p[K_L0] + p[K_L1] * r2 + p[K_L2] * d * d
     ell2 = ell * ell
 
-    # torque balance and drive
+    # torque balance and drive: d sat(z)/dx = (dz/dx) / S^3
     dTL_dw = 2.0 * p[K_K0] * w + p[K_K1] * Q + p[K_CF] * (1.0 + wear)
     dTL_dQ = p[K_K1] * w
     dTL_dwear = p[K_CF] * w
-    gain = p[K_INV_TAU] * inv_S * inv_S * inv_S
-    c_e = p[K_SLIP]
-    j00 = -gain * (c_e * dTL_dw + 1.0)
-    j01 = -gain * (c_e * dTL_dQ)
-    j03 = -gain * (c_e * dTL_dwear)
+    s3 = inv_S * inv_S * inv_S
+    ds_dw = -(p[K_INV_AT] + p[K_CE_AT] * dTL_dw) * s3
+    ds_dQ = -p[K_CE_AT] * dTL_dQ * s3
+    ds_dwear = -p[K_CE_AT] * dTL_dwear * s3
+    a_max = p[K_AMAX]
 
     # pipe
-    k_sys = p[K_KPIPE] + p[K_KV] * inv_B
     dQsQ = sQ + Q2 * inv_sQ
-    j10 = 2.0 * p[K_H0] * r * iwn * p[K_INV_I]
-    j11 = -((p[K_H2] + k_sys) * dQsQ + p[K_KCV2] * (sC - 2.0 * Q + Q2 * inv_sC)) * p[K_INV_I]
+    j10 = 2.0 * p[K_H0I] * r * iwn
+    j11 = -((p[K_HKI] + p[K_KVI] * inv_B) * dQsQ + p[K_KCVI] * (sC - 2.0 * Q + Q2 * inv_sC))
 
     # winding temperature
-    inv_C = p[K_INV_C]
-    k_cu = 2.0 * tq * p[K_INV_TN] * (p[K_PCU] * theta * (1.0 - i02) + p[K_ROT]) * inv_C
+    k_cu = 2.0 * tq * p[K_INV_TN] * (p[K_CUC] * theta * (1.0 - i02) + p[K_ROTC])
     dsr_dw = r * iwn * inv_sr
-    dPfe_dw = p[K_FE] * (dsr_dw + 2.0 * r * iwn)
-    j20 = k_cu * (dTL_dw + p[K_J] * j00) + (dPfe_dw - p[K_GB] * dsr_dw * (Tw - Ta)) * inv_C
-    j21 = k_cu * (dTL_dQ + p[K_J] * j01)
-    j22 = (p[K_PCU] * i2 * p[K_ALPHA] - (p[K_GA] + p[K_GB] * sr)) * inv_C
-    j23 = k_cu * (dTL_dwear + p[K_J] * j03)
+    j20 = (k_cu * (dTL_dw + p[K_JA] * ds_dw) + p[K_FEC] * (dsr_dw + 2.0 * r * iwn)
+           - p[K_GBC] * dsr_dw * (Tw - Ta))
+    j21 = k_cu * (dTL_dQ + p[K_JA] * ds_dQ)
+    j22 = p[K_CUC] * i2 * p[K_ALPHA] - (p[K_GAC] + p[K_GBC] * sr)
+    j23 = k_cu * (dTL_dwear + p[K_JA] * ds_dwear)
 
     # wear
     kgrow = p[K_KW] + p[K_KWB] * wear
@@ -319,9 +319,9 @@ def jacobian(t, x, u, p):
     j31 = kgrow * 3.0 * sr * ell2 * dl_dQ
     j33 = sr * ell2 * ell * p[K_KWB]
 
-    zero = np.zeros_like(j00)
+    zero = np.zeros_like(j10)
     return np.array([
-        [j00, j01, zero, j03],
+        [a_max * ds_dw, a_max * ds_dQ, zero, a_max * ds_dwear],
         [j10, j11, zero, zero],
         [j20, j21, j22, j23],
         [j30, j31, zero, j33],
