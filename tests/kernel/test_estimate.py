@@ -324,7 +324,8 @@ def filterpy_ekf(model, t, z, u, Q, R, x0, P0, max_step, measured):
     """Run filterpy's ExtendedKalmanFilter on the same algorithm as ours, step by step."""
     nx, nz = model.nx, len(measured)
     ref = _FilterpyCD(dim_x=nx, dim_z=nz)
-    ref.model, ref.p = model, np.array([v.default for v in model.params])
+    ref.model = model
+    ref.p = model.kernel_params(np.array([[v.default] for v in model.params]).reshape(model.np, 1))[:, 0]
     ref.x, ref.P, ref.R = x0[:, None].copy(), P0.copy(), R
     eye = np.eye(nx)
     xs, Ps, ys, nis = [], [], [], []

@@ -72,7 +72,8 @@ def _filterpy_ekf(model, Q, R, same_work: bool):
     from twinbench.kernel import _estimate_py as ref
 
     nx, ny = model.nx, model.ny
-    p = np.array([v.default for v in model.params])
+    # the model functions take the kernel parameters (derive() applied), as the EKF gives them
+    p = model.kernel_params(np.array([[v.default] for v in model.params]).reshape(model.np, 1))[:, 0]
     eye = np.eye(nx)
     Qd = np.diag(Q) * DT
 
