@@ -340,6 +340,8 @@ def test_vibration_rises_strictly_with_wear_from_zero(tools):
         assert (vc[1] - vc[0]) / (2 * h) == pytest.approx(slope, rel=1e-6)
 
 
+@pytest.mark.skipif(not pump().has_compiled,
+                    reason="minutes in NumPy; the NumPy and C forms agree (test_common)")
 def test_ekf_estimates_the_unmeasured_wear_from_a_new_bearing_start():
     # The demo's day of a bearing fault, filtered from wear = 0 (a new bearing): the estimate
     # must stay on the physical side and end near the truth (vibration symmetric in the wear
@@ -363,7 +365,7 @@ def test_ekf_estimates_the_unmeasured_wear_from_a_new_bearing_start():
 
 # -- the compiled functions with overlapping buffers ----------------------------------------------
 
-@pytest.mark.skipif(not pump().has_compiled, reason="no compiled kernel")
+@pytest.mark.skipif(not pump().has_compiled, reason="TWINBENCH_PURE_PYTHON: no compiled kernel")
 @pytest.mark.parametrize("fn, rows", [("rhs", 4), ("output", 8), ("jacobian", 16)])
 def test_compiled_functions_write_correctly_over_their_inputs(fn, rows, rng, tools):
     # The compiled bodies assume out overlaps no input (the kernel's case, which lets them
