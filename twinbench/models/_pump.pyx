@@ -3,16 +3,19 @@
 Same equations, same statement order as the NumPy reference ``_pump_py.py``; see
 :mod:`twinbench.models.pump` for the model and its sources. The functions read the *kernel
 parameters* that ``_pump_py.derive`` computes once per run (rows in the order of
-``_pump_py.KERNEL_PARAMS``, indexed by the enum below), so what is left per evaluation is
-multiplications, four square roots and one division (square roots and divisions are what limit
-the loop; the reciprocals each function needs come from a single division). Only sqrt and
-division appear, so gcc vectorises the scenario loops.
+``_pump_py.KERNEL_PARAMS``, indexed by the enum below), so what is left per right-hand side is
+multiplications, four square roots and two divisions (one of them of inputs only): square roots
+and divisions are what limit the loop. Four square roots of unrelated arguments cannot be
+fewer without changing the smoothing. Where several reciprocals are needed they are separate
+divisions: a chain through the reciprocal of one product measured slower (latency, not the
+divider's throughput, binds). Only sqrt and division appear, so gcc vectorises the loops.
 
 Each capsule function checks once whether ``out`` overlaps ``x``, ``u`` or ``p`` (the kernel
-never passes overlapping buffers) and otherwise runs a body whose pointers are declared
-``restrict``: gcc then vectorises without run-time alias checks, which cost more than the
-loop itself for the kernel's blocks of a few dozen scenarios (and kept the Jacobian loop
-scalar: it exceeds the limit on such checks).
+never passes overlapping buffers) and otherwise runs a body whose input and output rows are
+separate ``restrict`` pointers: gcc then vectorises without run-time alias checks, which cost
+more than the loop itself for the kernel's blocks of a few dozen scenarios and kept the Jacobian
+loop scalar (it exceeded the limit on such checks). Overlapping callers get the same results
+through a scratch block.
 """
 
 from cpython.pycapsule cimport PyCapsule_New
@@ -174,7 +177,7 @@ cdef inline void _output_body(pump_in_t x, pump_in_t u, pump_in_t p, pump_out_t 
                               pump_out_t temperature, pump_out_t vibration, pump_out_t current,
                               pump_out_t power, Py_ssize_t n, Py_ssize_t ld) noexcept nogil:
     cdef Py_ssize_t i
-    cdef double w, Q, Tw, wear, w_set, r, r2, sr, sQ, T_L, z, S, s_on, s2, A, rec, T_e
+    cdef double w, Q, Tw, wear, w_set, r, r2, sr, sQ, T_L, z, S, s_on, s2, A, T_e
     cdef double tq, tq2, i02, i2, losses, H, d, ell, wear_pos, vb, vh, vw
     for i in range(n):
         w = x[0 * ld + i]
@@ -193,11 +196,10 @@ cdef inline void _output_body(pump_in_t x, pump_in_t u, pump_in_t p, pump_out_t 
         s_on = w_set * p[K_INV_WN * ld + i]
         s2 = s_on * s_on
         A = s2 + EPS_ON2
-        rec = 1.0 / (A * S)
-        T_e = T_L + p[K_JA * ld + i] * (z * (rec * A))
+        T_e = T_L + p[K_JA * ld + i] * (z / S)
         tq = T_e * p[K_INV_TN * ld + i]
         tq2 = tq * tq
-        i02 = p[K_I02 * ld + i] * s2 * (rec * S)
+        i02 = p[K_I02 * ld + i] * s2 / A
         i2 = i02 + (1.0 - i02) * tq2
         losses = (p[K_CUC * ld + i] * i2 * (1.0 + p[K_ALPHA * ld + i] * (Tw - T_REF_COPPER))
                   + p[K_ROTC * ld + i] * tq2 + p[K_FEC * ld + i] * (sr + r2))
@@ -228,7 +230,7 @@ cdef inline void _jacobian_body(pump_in_t x, pump_in_t u, pump_in_t p,
                                 Py_ssize_t n, Py_ssize_t ld) noexcept nogil:
     cdef Py_ssize_t i
     cdef double w, Q, Tw, wear, w_set, valve, Ta, iwn, r, r2, sr, Q2, sQ, sC, T_L, z, S, s_on
-    cdef double s2, A, B, P1, P2, P3, P4, R5, R4, R3, R2, R1, inv_sr, inv_sC, inv_sQ, inv_B
+    cdef double s2, A, B, inv_sr, inv_sC, inv_sQ, inv_B
     cdef double inv_A, inv_S, T_e, tq, i02, i2, theta, d, ell, ell2
     cdef double dTL_dw, dTL_dQ, dTL_dwear, s3, ds_dw, ds_dQ, ds_dwear, a_max, dQsQ, k_cu
     cdef double dsr_dw, kgrow, dl_dw, dl_dQ
@@ -255,22 +257,13 @@ cdef inline void _jacobian_body(pump_in_t x, pump_in_t u, pump_in_t p,
         s2 = s_on * s_on
         A = s2 + EPS_ON2
         B = valve * valve + p[K_INV_RV2 * ld + i]
-        # six reciprocals from one division: invert the running product, then peel factors off
-        P1 = S * A
-        P2 = P1 * B
-        P3 = P2 * sQ
-        P4 = P3 * sC
-        R5 = 1.0 / (P4 * sr)
-        inv_sr = R5 * P4
-        R4 = R5 * sr
-        inv_sC = R4 * P3
-        R3 = R4 * sC
-        inv_sQ = R3 * P2
-        R2 = R3 * sQ
-        inv_B = R2 * P1
-        R1 = R2 * B
-        inv_A = R1 * S
-        inv_S = R1 * A
+        # separate divisions: they overlap, where reciprocals of one product would chain
+        inv_sr = 1.0 / sr
+        inv_sC = 1.0 / sC
+        inv_sQ = 1.0 / sQ
+        inv_B = 1.0 / B
+        inv_A = 1.0 / A
+        inv_S = 1.0 / S
 
         T_e = T_L + p[K_JA * ld + i] * (z * inv_S)
         tq = T_e * p[K_INV_TN * ld + i]

@@ -207,11 +207,10 @@ def output(t, x, u, p):
     s_on = w_set * p[K_INV_WN]
     s2 = s_on * s_on
     A = s2 + EPS_ON2
-    rec = 1.0 / (A * S)
-    T_e = T_L + p[K_JA] * (z * (rec * A))
+    T_e = T_L + p[K_JA] * (z / S)
     tq = T_e * p[K_INV_TN]
     tq2 = tq * tq
-    i02 = p[K_I02] * s2 * (rec * S)
+    i02 = p[K_I02] * s2 / A
     i2 = i02 + (1.0 - i02) * tq2
     losses = (p[K_CUC] * i2 * (1.0 + p[K_ALPHA] * (Tw - T_REF_COPPER)) + p[K_ROTC] * tq2
               + p[K_FEC] * (sr + r2))
@@ -261,22 +260,13 @@ def jacobian(t, x, u, p):
     s2 = s_on * s_on
     A = s2 + EPS_ON2
     B = valve * valve + p[K_INV_RV2]
-    # six reciprocals from one division: invert the running product, then peel factors off
-    P1 = S * A
-    P2 = P1 * B
-    P3 = P2 * sQ
-    P4 = P3 * sC
-    R5 = 1.0 / (P4 * sr)
-    inv_sr = R5 * P4
-    R4 = R5 * sr
-    inv_sC = R4 * P3
-    R3 = R4 * sC
-    inv_sQ = R3 * P2
-    R2 = R3 * sQ
-    inv_B = R2 * P1
-    R1 = R2 * B
-    inv_A = R1 * S
-    inv_S = R1 * A
+    # separate divisions: they overlap, where reciprocals of one product would chain
+    inv_sr = 1.0 / sr
+    inv_sC = 1.0 / sC
+    inv_sQ = 1.0 / sQ
+    inv_B = 1.0 / B
+    inv_A = 1.0 / A
+    inv_S = 1.0 / S
 
     T_e = T_L + p[K_JA] * (z * inv_S)
     tq = T_e * p[K_INV_TN]
