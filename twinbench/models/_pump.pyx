@@ -89,7 +89,9 @@ cdef extern from *:
     ctypedef const double* pump_in_t
     ctypedef double* pump_out_t
 
-cdef inline bint _overlap(const void* a, Py_ssize_t na, const void* b, Py_ssize_t nb) noexcept nogil:
+
+cdef inline bint _overlap(const void* a, Py_ssize_t na, const void* b,
+                          Py_ssize_t nb) noexcept nogil:
     return <size_t>a < <size_t>b + nb and <size_t>b < <size_t>a + na
 
 
@@ -124,7 +126,8 @@ cdef void _finish(Py_ssize_t rows, double* o, double* out, Py_ssize_t n,
 
 
 cdef inline void _rhs_body(pump_in_t x, pump_in_t u, pump_in_t p, pump_out_t f0, pump_out_t f1,
-                           pump_out_t f2, pump_out_t f3, Py_ssize_t n, Py_ssize_t ld) noexcept nogil:
+                           pump_out_t f2, pump_out_t f3, Py_ssize_t n,
+                           Py_ssize_t ld) noexcept nogil:
     cdef Py_ssize_t i
     cdef double w, Q, Tw, wear, w_set, valve, Ta, r, r2, sr, Q2, sQ, sC, T_L, z, S, s_on, s2
     cdef double A, B, AB, rec, sat, T_e, tq, tq2, i02, i2, d, ell
