@@ -324,9 +324,10 @@ def simulate(model: Model, *, duration, dt, steps, every, x0, inputs, params, sc
     for j, v in enumerate(model.states + model.outputs):
         data = out[j] if ensemble else out[j, :, 0]
         data_vars[v.name] = (dims, data, v.attrs())
-    in_idx = np.minimum(np.arange(nsamp) * every, steps - 1) if t_len > 1 else np.zeros(nsamp, int)
+    in_idx = np.minimum(np.arange(nsamp) * every, steps - 1)
     for j, v in enumerate(model.inputs):
-        series = U[in_idx, j, :]
+        # inputs constant in time stay views (no copy per sample time)
+        series = U[in_idx, j, :] if t_len > 1 else np.broadcast_to(U[0, j, :], (nsamp, s_len))
         data = np.broadcast_to(series, (nsamp, nscen)) if ensemble else series[:, 0]
         data_vars[v.name] = (dims, data, {**v.attrs(), "role": "input (piecewise constant)"})
     for j, v in enumerate(model.params):

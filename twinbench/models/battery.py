@@ -86,8 +86,8 @@ References
 from __future__ import annotations
 
 from twinbench.kernel import Model, Variable
-from twinbench.kernel._check_build import pure_python
 from twinbench.models import _battery_py
+from twinbench.models._build import build_model
 
 __all__ = ["battery_cell", "STATES", "INPUTS", "PARAMS", "OUTPUTS"]
 
@@ -144,19 +144,6 @@ REFERENCES = (
     "J. Power Sources 257 (2014) 1-11",
 )
 
-assert (len(STATES), len(INPUTS), len(PARAMS), len(OUTPUTS)) == (
-    _battery_py.NX, _battery_py.NU, _battery_py.NP, _battery_py.NY)
-
-
-def _compiled():
-    if pure_python():
-        return None
-    from twinbench.kernel._dispatch import compiled_module
-
-    _battery = compiled_module("twinbench.models._battery")
-    return _battery.capsules()
-
-
 def battery_cell(**defaults: float) -> Model:
     """A lithium-ion cell: equivalent circuit, state of charge, temperature and capacity fade.
 
@@ -179,18 +166,9 @@ def battery_cell(**defaults: float) -> Model:
     >>> round(float(ds.soc[-1]), 3)                  # 1.5 A h of 3 A h drawn
     0.5
     """
-    model = Model(
-        "battery_cell",
-        states=STATES,
-        inputs=INPUTS,
-        params=PARAMS,
-        outputs=OUTPUTS,
-        rhs=_battery_py.rhs,
-        output=_battery_py.output,
-        jacobian=_battery_py.jacobian,
-        compiled=_compiled(),
-        description=("Lithium-ion cell: two-RC equivalent circuit with Arrhenius resistances, "
-                     "lumped thermal model with Bernardi heat, and capacity fade."),
-        references=REFERENCES,
-    )
-    return model.with_defaults(**defaults) if defaults else model
+    return build_model("battery_cell", _battery_py, "twinbench.models._battery",
+                       states=STATES, inputs=INPUTS, params=PARAMS, outputs=OUTPUTS,
+                       references=REFERENCES, defaults=defaults,
+                       description=("Lithium-ion cell: two-RC equivalent circuit with "
+                                    "Arrhenius resistances, lumped thermal model with "
+                                    "Bernardi heat, and capacity fade."))

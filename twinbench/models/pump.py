@@ -144,8 +144,8 @@ References
 from __future__ import annotations
 
 from twinbench.kernel import Model, Variable
-from twinbench.kernel._check_build import pure_python
 from twinbench.models import _pump_py
+from twinbench.models._build import build_model
 
 __all__ = ["pump", "BEARING_FAULT_WEAR_RATE", "STATES", "INPUTS", "PARAMS", "OUTPUTS"]
 
@@ -228,19 +228,6 @@ REFERENCES = (
     "machines, IEEE Trans. Ind. Electron. 56 (2009) 871-882",
 )
 
-assert (len(STATES), len(INPUTS), len(PARAMS), len(OUTPUTS)) == (
-    _pump_py.NX, _pump_py.NU, _pump_py.NP, _pump_py.NY)
-
-
-def _compiled():
-    if pure_python():
-        return None
-    from twinbench.kernel._dispatch import compiled_module
-
-    _pump = compiled_module("twinbench.models._pump")
-    return _pump.capsules()
-
-
 def pump(**defaults: float) -> Model:
     """A centrifugal pump on an induction motor with a V/f drive and a wearing bearing.
 
@@ -269,19 +256,9 @@ def pump(**defaults: float) -> Model:
     >>> 1900 < float(ds.speed[-1]) < 2000
     True
     """
-    model = Model(
-        "pump",
-        states=STATES,
-        inputs=INPUTS,
-        params=PARAMS,
-        outputs=OUTPUTS,
-        rhs=_pump_py.rhs,
-        output=_pump_py.output,
-        jacobian=_pump_py.jacobian,
-        compiled=_compiled(),
-        derive=_pump_py.derive,
-        description=("Centrifugal pump driven by an induction motor under V/f control, with "
-                     "pipe-flow inertia, winding temperature and bearing wear."),
-        references=REFERENCES,
-    )
-    return model.with_defaults(**defaults) if defaults else model
+    return build_model("pump", _pump_py, "twinbench.models._pump",
+                       states=STATES, inputs=INPUTS, params=PARAMS, outputs=OUTPUTS,
+                       references=REFERENCES, defaults=defaults,
+                       description=("Centrifugal pump driven by an induction motor under V/f "
+                                    "control, with pipe-flow inertia, winding temperature and "
+                                    "bearing wear."))

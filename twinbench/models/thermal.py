@@ -57,8 +57,8 @@ References
 from __future__ import annotations
 
 from twinbench.kernel import Model, Variable
-from twinbench.kernel._check_build import pure_python
 from twinbench.models import _thermal_py
+from twinbench.models._build import build_model
 
 __all__ = ["thermal_zone", "STATES", "INPUTS", "PARAMS", "OUTPUTS"]
 
@@ -100,19 +100,6 @@ REFERENCES = (
     "(2014) 263-274",
 )
 
-assert (len(STATES), len(INPUTS), len(PARAMS), len(OUTPUTS)) == (
-    _thermal_py.NX, _thermal_py.NU, _thermal_py.NP, _thermal_py.NY)
-
-
-def _compiled():
-    if pure_python():
-        return None
-    from twinbench.kernel._dispatch import compiled_module
-
-    _thermal = compiled_module("twinbench.models._thermal")
-    return _thermal.capsules()
-
-
 def thermal_zone(**defaults: float) -> Model:
     """A building thermal zone: two-node RC network with HVAC, solar and internal gains.
 
@@ -136,18 +123,8 @@ def thermal_zone(**defaults: float) -> Model:
     >>> bool(ds.room_temperature[-1] < ds.room_temperature[0])   # heating off: it cools
     True
     """
-    model = Model(
-        "thermal_zone",
-        states=STATES,
-        inputs=INPUTS,
-        params=PARAMS,
-        outputs=OUTPUTS,
-        rhs=_thermal_py.rhs,
-        output=_thermal_py.output,
-        jacobian=_thermal_py.jacobian,
-        compiled=_compiled(),
-        description=("Building thermal zone: two-node (air, envelope) RC network with HVAC "
-                     "power, solar and internal gains."),
-        references=REFERENCES,
-    )
-    return model.with_defaults(**defaults) if defaults else model
+    return build_model("thermal_zone", _thermal_py, "twinbench.models._thermal",
+                       states=STATES, inputs=INPUTS, params=PARAMS, outputs=OUTPUTS,
+                       references=REFERENCES, defaults=defaults,
+                       description=("Building thermal zone: two-node (air, envelope) RC "
+                                    "network with HVAC power, solar and internal gains."))

@@ -97,8 +97,8 @@ References
 from __future__ import annotations
 
 from twinbench.kernel import Model, Variable
-from twinbench.kernel._check_build import pure_python
 from twinbench.models import _wind_py
+from twinbench.models._build import build_model
 
 __all__ = ["wind_turbine", "BEARING_FAULT_WEAR_RATE", "STATES", "INPUTS", "PARAMS", "OUTPUTS"]
 
@@ -161,19 +161,6 @@ REFERENCES = (
     "IIE Transactions 37 (2005) 543-557",
 )
 
-assert (len(STATES), len(INPUTS), len(PARAMS), len(OUTPUTS)) == (
-    _wind_py.NX, _wind_py.NU, _wind_py.NP, _wind_py.NY)
-
-
-def _compiled():
-    if pure_python():
-        return None
-    from twinbench.kernel._dispatch import compiled_module
-
-    _wind = compiled_module("twinbench.models._wind")
-    return _wind.capsules()
-
-
 def wind_turbine(**defaults: float) -> Model:
     """A variable-speed, pitch-regulated wind-turbine drivetrain with a wearing gearbox bearing.
 
@@ -197,18 +184,9 @@ def wind_turbine(**defaults: float) -> Model:
     >>> round(float(ds.rotor_speed[-1]) * 30 / 3.141592653589793, 1)   # held at 12.1 rpm
     12.1
     """
-    model = Model(
-        "wind_turbine",
-        states=STATES,
-        inputs=INPUTS,
-        params=PARAMS,
-        outputs=OUTPUTS,
-        rhs=_wind_py.rhs,
-        output=_wind_py.output,
-        jacobian=_wind_py.jacobian,
-        compiled=_compiled(),
-        description=("Variable-speed pitch-regulated wind-turbine drivetrain (one mass) with "
-                     "torque and pitch control and a wearing gearbox bearing."),
-        references=REFERENCES,
-    )
-    return model.with_defaults(**defaults) if defaults else model
+    return build_model("wind_turbine", _wind_py, "twinbench.models._wind",
+                       states=STATES, inputs=INPUTS, params=PARAMS, outputs=OUTPUTS,
+                       references=REFERENCES, defaults=defaults,
+                       description=("Variable-speed pitch-regulated wind-turbine drivetrain "
+                                    "(one mass) with torque and pitch control and a wearing "
+                                    "gearbox bearing."))
