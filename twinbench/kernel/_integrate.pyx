@@ -24,6 +24,21 @@ METHOD_RK4 = 0
 METHOD_ROS2 = 1
 
 
+cdef inline void _axpy(double* out, const double* x, double a, const double* k, Py_ssize_t nx,
+                       Py_ssize_t n, Py_ssize_t ld) noexcept nogil:
+    """out = x + a * k over the [nx][ld] block: one flat loop when the block is full (n == ld),
+    so there is one loop, not nx, to enter per stage."""
+    cdef Py_ssize_t j, i, o
+    if n == ld:
+        for i in range(nx * ld):
+            out[i] = x[i] + a * k[i]
+    else:
+        for j in range(nx):
+            o = j * ld
+            for i in range(n):
+                out[o + i] = x[o + i] + a * k[o + i]
+
+
 cdef void rk4_step(const ModelFns* m, double t, double h, double* x, const double* u,
                    const double* p, Py_ssize_t n, Py_ssize_t ld, double* work) noexcept nogil:
     cdef Py_ssize_t nx = m.nx, j, i, o
@@ -36,25 +51,20 @@ cdef void rk4_step(const ModelFns* m, double t, double h, double* x, const doubl
     cdef double hh = 0.5 * h
     cdef double h6 = h / 6.0
     m.rhs(t, x, u, p, k1, n, ld, m.ctx)
-    for j in range(nx):
-        o = j * ld
-        for i in range(n):
-            xt[o + i] = x[o + i] + hh * k1[o + i]
+    _axpy(xt, x, hh, k1, nx, n, ld)
     m.rhs(t + hh, xt, u, p, k2, n, ld, m.ctx)
-    for j in range(nx):
-        o = j * ld
-        for i in range(n):
-            xt[o + i] = x[o + i] + hh * k2[o + i]
+    _axpy(xt, x, hh, k2, nx, n, ld)
     m.rhs(t + hh, xt, u, p, k3, n, ld, m.ctx)
-    for j in range(nx):
-        o = j * ld
-        for i in range(n):
-            xt[o + i] = x[o + i] + h * k3[o + i]
+    _axpy(xt, x, h, k3, nx, n, ld)
     m.rhs(t + h, xt, u, p, k4, n, ld, m.ctx)
-    for j in range(nx):
-        o = j * ld
-        for i in range(n):
-            x[o + i] = x[o + i] + h6 * (k1[o + i] + 2.0 * k2[o + i] + 2.0 * k3[o + i] + k4[o + i])
+    if n == ld:
+        for i in range(sz):
+            x[i] = x[i] + h6 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i])
+    else:
+        for j in range(nx):
+            o = j * ld
+            for i in range(n):
+                x[o + i] = x[o + i] + h6 * (k1[o + i] + 2.0 * k2[o + i] + 2.0 * k3[o + i] + k4[o + i])
 
 
 cdef void jacobian(const ModelFns* m, double t, const double* x, const double* u,
