@@ -66,7 +66,7 @@ def kernel_demo(quick: bool = False) -> int:
     measured = ["speed", "flow_rate", "motor_temperature", "vibration", "current", "power"]
     R = [meas[m].attrs["noise_std"] ** 2 for m in measured]
     # The twin starts from a new bearing (wear 0); wear is never measured, only inferred.
-    ekf = ExtendedKalmanFilter(model, Q=[1e-2, 1e-9, 1e-4, 1e-8], R=R, measured=measured,
+    ekf = ExtendedKalmanFilter(model, Q=[1e-2, 1e-9, 1e-4, 1e-6], R=R, measured=measured,
                                x0={"wear": 0.0},
                                P0=[1.0, 1e-6, 1.0, 1e-3], max_step=0.5)
     t0 = time.perf_counter()
