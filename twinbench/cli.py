@@ -31,7 +31,8 @@ def _format_table(figs: list[dict]) -> str:
     rows = [("figure", "value", "baseline", "ratio", "target", "")]
     for f in figs:
         value = f["value"]
-        vtxt = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g} {f['unit']}"
+        missing = value is None or (isinstance(value, float) and math.isnan(value))
+        vtxt = "n/a" if missing else f"{value:.4g} {f['unit']}"
         ratio = "" if f["ratio"] is None else f"{f['ratio']:.3g}x"
         target = "" if f["target"] is None else f">= {f['target']:g}x"
         ok = {True: "ok", False: "MISSED", None: ""}[met(f)]

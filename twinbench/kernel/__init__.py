@@ -16,6 +16,20 @@ from twinbench.kernel._check_build import check_build as _check_build  # noqa: E
 
 _check_build()
 
+from twinbench.kernel.detect import (  # noqa: E402
+    Cusum,
+    EwmaZScore,
+    NisChiSquare,
+    PersistenceThreshold,
+    RollingStats,
+)
+from twinbench.kernel.estimate import (  # noqa: E402
+    EstimateResult,
+    ExtendedKalmanFilter,
+    FilterDivergedError,
+    KalmanFilter,
+)
+from twinbench.kernel.linear import linear_model  # noqa: E402
 from twinbench.kernel.model import (  # noqa: E402
     DEFAULT_START,
     IntegrationError,
@@ -24,21 +38,7 @@ from twinbench.kernel.model import (  # noqa: E402
     Variable,
     cython_model,
 )
-from twinbench.kernel.linear import linear_model  # noqa: E402
-from twinbench.kernel.estimate import (  # noqa: E402
-    EstimateResult,
-    ExtendedKalmanFilter,
-    FilterDivergedError,
-    KalmanFilter,
-)
 from twinbench.kernel.rul import ParticleFilterRUL, RULEstimate  # noqa: E402
-from twinbench.kernel.detect import (  # noqa: E402
-    Cusum,
-    EwmaZScore,
-    NisChiSquare,
-    PersistenceThreshold,
-    RollingStats,
-)
 
 __all__ = [
     # models and simulation

@@ -11,7 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from twinbench.kernel._check_build import pure_python
-from twinbench.kernel.model import DEFAULT_START, IntegrationError, NonFiniteStateWarning
+from twinbench.kernel.model import (
+    DEFAULT_START,
+    IntegrationError,
+    NonFiniteStateWarning,
+)
 
 if TYPE_CHECKING:
     import xarray as xr

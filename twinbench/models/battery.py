@@ -144,6 +144,7 @@ REFERENCES = (
     "J. Power Sources 257 (2014) 1-11",
 )
 
+
 def battery_cell(**defaults: float) -> Model:
     """A lithium-ion cell: equivalent circuit, state of charge, temperature and capacity fade.
 

@@ -228,6 +228,7 @@ REFERENCES = (
     "machines, IEEE Trans. Ind. Electron. 56 (2009) 871-882",
 )
 
+
 def pump(**defaults: float) -> Model:
     """A centrifugal pump on an induction motor with a V/f drive and a wearing bearing.
 

@@ -100,6 +100,7 @@ REFERENCES = (
     "(2014) 263-274",
 )
 
+
 def thermal_zone(**defaults: float) -> Model:
     """A building thermal zone: two-node RC network with HVAC, solar and internal gains.
 

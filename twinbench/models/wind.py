@@ -161,6 +161,7 @@ REFERENCES = (
     "IIE Transactions 37 (2005) 543-557",
 )
 
+
 def wind_turbine(**defaults: float) -> Model:
     """A variable-speed, pitch-regulated wind-turbine drivetrain with a wearing gearbox bearing.
 
