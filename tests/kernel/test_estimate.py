@@ -722,3 +722,17 @@ def test_bad_input_names_the_argument():
     ekf.filter_arrays([1.0], [[0.1, 0.2]])
     with pytest.raises(ValueError, match="^t: .*before"):
         ekf.filter_arrays([0.5], [[0.1, 0.2]])
+
+
+def test_ekf_low_level_entry_refuses_timestamps_and_huge_gaps():
+    from twinbench.kernel import ExtendedKalmanFilter
+    from twinbench.kernel.linear import linear_model
+
+    m = linear_model([[-1.0]], states=[("x", "1", 0.0)])
+    ekf = ExtendedKalmanFilter(m, Q=1e-3, R=1e-2, measured=["x"], max_step=0.01)
+    times = np.array(["2026-01-01T00:00:00", "2026-01-01T00:00:01"], dtype="datetime64[ns]")
+    with pytest.raises(TypeError, match="filter\\(times"):
+        ekf.filter_arrays(times, np.zeros(2))
+    with pytest.raises(ValueError, match="substeps"):
+        ekf.filter_arrays(np.array([0.0, 1e12]), np.zeros(2))
+    ekf.filter_arrays(np.array([0.0, 1.0]), np.zeros(2))  # an ordinary call still works

@@ -521,3 +521,20 @@ def test_benchmark_quick_run_reports_figures():
     for f in figs:
         assert f["value"] > 0 and f["ratio"] > 0 and f["target"] is None
     assert figs[0]["particle_updates_per_s"] == pytest.approx(figs[0]["value"] * 5000)
+
+
+def test_a_skipped_first_sample_does_not_shift_the_start():
+    """A NaN before the first real measurement is skipped; it must not move the filter's clock."""
+    from twinbench.kernel import ParticleFilterRUL
+
+    def run(times, values):
+        pf = ParticleFilterRUL("exponential", threshold=4.0, measurement_std=0.02,
+                               prior={"b": (1e-5, 5e-6)}, n_particles=1000, seed=3)
+        return pf.update(np.asarray(times, float), np.asarray(values, float)).rul
+
+    hours = 3600.0
+    t = 50 * hours + np.arange(20) * 600.0
+    y = 1.0 * np.exp(1e-5 * (t - t[0]))
+    clean = run(t, y)
+    with_nan = run(np.r_[0.0, t], np.r_[np.nan, y])
+    np.testing.assert_allclose(with_nan, clean, rtol=1e-9)

@@ -47,6 +47,10 @@ __all__ = [
 _BACKENDS = ("auto", "c", "numpy")
 
 
+#: Most RK4 substeps the EKF takes to bridge one gap between measurements.
+MAX_SUBSTEPS = 1e7
+
+
 class FilterDivergedError(FloatingPointError):
     """A filter step produced a non-finite estimate or a singular innovation covariance.
 
@@ -694,6 +698,10 @@ class ExtendedKalmanFilter(_Filter):
         -------
         EstimateResult
         """
+        kind = getattr(np.asarray(t), "dtype", np.dtype(float)).kind
+        if kind not in "iuf":
+            raise TypeError(f"t: expected model-clock seconds (float), got dtype "
+                            f"{np.asarray(t).dtype}; for timestamps use filter(times, ...)")
         t = np.ascontiguousarray(_array(t, "t", 1))
         if not np.isfinite(t).all():
             raise ValueError("t: expected finite times, found NaN or Inf")
@@ -702,6 +710,15 @@ class ExtendedKalmanFilter(_Filter):
 
     def _run(self, t: np.ndarray, measurements, inputs, covariance: bool) -> EstimateResult:
         T = t.shape[0]
+        # The kernel integrates each gap in substeps of at most max_step without the GIL: refuse
+        # a gap that would take minutes rather than hang the notebook.
+        start = self.time if math.isfinite(self.time) else (t[0] if T else 0.0)
+        longest = float(np.max(np.diff(t, prepend=start), initial=0.0))
+        if longest / self.max_step > MAX_SUBSTEPS:
+            raise ValueError(f"t: a gap of {longest:g} s between measurements would take "
+                             f"{longest / self.max_step:.3g} integration substeps of max_step="
+                             f"{self.max_step:g} s (limit {MAX_SUBSTEPS:g}); raise max_step, "
+                             "reset() the filter, or check the time units")
         z = _columns(measurements, "measurements", T, self.measured, None)
         u = (np.full((T, self.model.nu), np.nan) if inputs is None
              else _columns(inputs, "inputs", T, self.model.input_names, np.nan))

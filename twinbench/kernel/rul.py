@@ -501,6 +501,9 @@ class ParticleFilterRUL:
         t_last = t_abs[ok][-1]
         if self._pending_log_a is not None:
             self._init_log_a(y[ok][0])
+            # log_a is now the level at the first finite measurement, so the filter's clock
+            # starts there (not at a skipped sample or an earlier origin).
+            self._t_prev = float(rel[0])
         # The batch is valid: only now does it fix the kind of time and the origin.
         self._time_kind = kind
         self._origin = origin
