@@ -1,0 +1,3 @@
+"""Sources: the data connection between equipment and the twin."""
+
+from __future__ import annotations
