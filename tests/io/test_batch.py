@@ -208,3 +208,16 @@ def test_opcua_status_refuses_bad_input():
 
 def test_quality_is_bad():
     assert [q.name for q in Quality if q.is_bad] == ["BAD", "GAP", "BAD_DECODE", "NO_SAMPLE"]
+
+
+def test_python_datetimes_and_empty_lists():
+    import datetime as dt
+
+    plus_one = dt.timezone(dt.timedelta(hours=1))
+    g = Batch.gap(["x"], dt.datetime(2026, 1, 1, 1, tzinfo=plus_one))
+    assert g.time[0] == np.datetime64("2026-01-01T00:00:00", "ns")
+    b = Batch([0], [dt.datetime(2026, 1, 1, 1, tzinfo=plus_one)], [1.0], tags=["x"])
+    assert b.time[0] == np.datetime64("2026-01-01T00:00:00", "ns")
+    e = Batch([], [], [], [], tags=["x"])
+    assert len(e) == 0
+    assert (e.tag.dtype, e.time.dtype, e.quality.dtype) == (np.int32, np.dtype("M8[ns]"), np.uint8)

@@ -147,7 +147,9 @@ def _as_time(time: Any, name: str = "time") -> np.ndarray:
     if arr.dtype.kind == "M":
         return arr.astype(_NS)
     if arr.dtype.kind in "OUS":
-        return _as_time_pandas(arr, name)
+        return _as_time_pandas(arr.item() if arr.ndim == 0 else arr, name)
+    if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64: no times at all
+        return np.empty(arr.shape, _NS)
     raise TypeError(f"{name}: expected datetime64 values, timezone-aware timestamps or ISO strings, "
                     f"got dtype {arr.dtype} (integers are refused: their unit would be a guess)")
 
@@ -181,6 +183,8 @@ def _as_tags(tags: Any) -> tuple[str, ...]:
 
 def _as_tag_index(tag: Any, tags: tuple[str, ...]) -> np.ndarray:
     arr = np.asarray(tag)
+    if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64
+        arr = arr.astype(np.int32)
     if arr.dtype.kind in "OUS":
         # Names: map the few distinct names, not every sample.
         uniq, inverse = np.unique(arr.astype(str), return_inverse=True)
@@ -248,6 +252,8 @@ class Batch:
             quality = np.zeros(value.shape, dtype=np.uint8)
         else:
             quality = np.asarray(self.quality)
+            if quality.size == 0 and quality.dtype.kind == "f":  # np.asarray([]) is float64
+                quality = quality.astype(np.uint8)
             if quality.dtype.kind not in "iu":
                 raise TypeError(f"quality: expected integer Quality codes, got dtype {quality.dtype}")
             if quality.size and (quality.min() < 0 or quality.max() > 255
