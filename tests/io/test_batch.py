@@ -54,7 +54,8 @@ def test_columns_are_read_only_and_the_callers_arrays_stay_writable():
     b = Batch([0, 0], [T0, T0], values, tags=["x"])
     with pytest.raises(ValueError):
         b.value[0] = 5.0
-    values[0] = 7.0  # the caller's array is not frozen behind its back
+    values[0] = 7.0  # the caller's array is not frozen behind its back (the batch shares it)
+    assert b.value[0] == 7.0
     with pytest.raises(AttributeError):
         b.tags = ("y",)
 

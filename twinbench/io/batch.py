@@ -131,10 +131,9 @@ def quality_from_opcua_status(codes: Any) -> np.ndarray:
     return _opcua_quality(arr.astype(np.uint32))
 
 
-def _readonly(arr: np.ndarray, source: Any) -> np.ndarray:
-    # Freeze without flipping the flag on an array the caller still owns.
-    if arr is source or (isinstance(source, np.ndarray) and np.shares_memory(arr, source)):
-        arr = arr.view()
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    # Freeze a view (O(1)), never the array itself: it may be the caller's, or a pandas object's.
+    arr = arr.view()
     arr.flags.writeable = False
     return arr
 
@@ -206,7 +205,9 @@ def _as_tag_index(tag: Any, tags: tuple[str, ...]) -> np.ndarray:
 class Batch:
     """Samples of many tags as four numpy columns of equal length.
 
-    Columns are read-only after construction; operations return new batches.
+    Columns are read-only views after construction; operations return new batches. Like
+    ``np.asarray``, a column shares memory with the array passed in when that array already has
+    the column's dtype (no copy is made), so a source must not reuse such an array afterwards.
 
     Parameters
     ----------
@@ -240,14 +241,11 @@ class Batch:
 
     def __post_init__(self) -> None:
         tags = _as_tags(self.tags)
-        columns = {
-            "tag": (_as_tag_index(self.tag, tags), self.tag),
-            "time": (_as_time(self.time), self.time),
-        }
+        columns = {"tag": _as_tag_index(self.tag, tags), "time": _as_time(self.time)}
         value = np.asarray(self.value)
         if value.dtype.kind not in "biuf":
             raise TypeError(f"value: expected real numbers, got dtype {value.dtype}")
-        columns["value"] = (value.astype(np.float64, copy=False), self.value)
+        columns["value"] = value.astype(np.float64, copy=False)
         if self.quality is None:
             quality = np.zeros(value.shape, dtype=np.uint8)
         else:
@@ -260,18 +258,18 @@ class Batch:
                                  or not _VALID_CODE[quality.astype(np.uint8)].all()):
                 raise ValueError(f"quality: expected Quality codes {[int(q) for q in Quality]}")
             quality = quality.astype(np.uint8, copy=False)
-        columns["quality"] = (quality, self.quality)
+        columns["quality"] = quality
         length = None
-        for name, (arr, _) in columns.items():
+        for name, arr in columns.items():
             if arr.ndim != 1:
                 raise ValueError(f"{name}: expected a 1-D column, got shape {arr.shape}")
             if length is None:
                 length = len(arr)
             elif len(arr) != length:
-                lengths = {k: len(a) for k, (a, _) in columns.items()}
+                lengths = {k: len(a) for k, a in columns.items()}
                 raise ValueError(f"tag, time, value, quality: columns differ in length {lengths}")
-        for name, (arr, source) in columns.items():
-            object.__setattr__(self, name, _readonly(arr, source))
+        for name, arr in columns.items():
+            object.__setattr__(self, name, _readonly(arr))
         object.__setattr__(self, "tags", tags)
 
     @classmethod
