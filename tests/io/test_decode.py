@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from datetime import timedelta
@@ -230,11 +231,15 @@ def test_equipment_timestamps_to_utc_ns(fmt, raw, expected_ns):
     ("epoch_s", "1700000000"),
     ("epoch_s", True),
     ("epoch_s", 10**12),  # beyond datetime64[ns]
+    ("epoch_ns", 1e300),  # finite, but not once scaled
+    ("epoch_s", 1e300),
+    ("epoch_ms", 10**30),
     ("epoch_ms", None),
 ])
 def test_bad_timestamp_falls_back_to_receive_time(fmt, raw):
     dec = temp_decoder(time_field="ts", time_format=fmt)
-    cols = dec.decode(TOPIC, orjson.dumps({"ts": raw, "temperature": 2.0}), T0)
+    payload = json.dumps({"ts": raw, "temperature": 2.0}).encode()  # orjson refuses 10**30
+    cols = dec.decode(TOPIC, payload, T0)
     assert cols.time.tolist() == [T0] and cols.value.tolist() == [2.0]
     assert cols.quality.tolist() == [UNCERTAIN]
     only(dec.stats, Reject.BAD_TIMESTAMP, kind="flag")
@@ -396,7 +401,9 @@ def test_numeric_decoder_validates():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=8) | st.sampled_from(["61.5", "NaN", "-1e3", " 2 "]),
+    | st.text(max_size=8) | st.sampled_from(["61.5", "NaN", "-1e3", " 2 "])
+    | st.sampled_from([1e300, -1e300, 10**40, 1_700_000_000_000, "2023-11-14T22:13:20+14:00",
+                       "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-12:00"]),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.sampled_from(["temperature", "motor", "i", "ts", "seq", "x"]),
                       children, max_size=5),
@@ -409,6 +416,8 @@ def fuzz_decoders():
         JsonDecoder({0: TOPIC + "#temperature", 1: TOPIC + "#motor.i[0]", 2: TOPIC + "#x[-1].i"},
                     time_field="ts", time_format="epoch_ms", sequence_field="seq",
                     max_payload_bytes=256),
+        JsonDecoder({0: TOPIC + "#x", 1: TOPIC + "#seq"}, time_field="i", time_format="epoch_s",
+                    sequence_field="temperature", sequence_window=2),
         JsonDecoder({0: TOPIC + "#temperature"}, time_field="ts", time_format="iso8601",
                     strings_as_numbers="reject"),
         NumericDecoder({0: TOPIC}, max_payload_bytes=64),
@@ -441,8 +450,6 @@ def test_fuzz_random_bytes(raw):
 @given(st.lists(st.tuples(json_values, st.sampled_from(["plain", "cut", "nan"]),
                           st.integers(0, 50)), max_size=8))
 def test_fuzz_json_like_structures(docs):
-    import json
-
     messages = []
     for i, (doc, mangle, cut) in enumerate(docs):
         text = json.dumps(doc, allow_nan=True).encode()  # NaN/Infinity tokens included

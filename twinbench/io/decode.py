@@ -630,6 +630,10 @@ class JsonDecoder(_BaseDecoder):
             if doc is _MISSING:
                 return
 
+        # Duplicates first: a redelivered message is dropped whole, its faults counted once before.
+        if self._seq_path is not None and self._sequence_is_duplicate(topic, doc):
+            self._reject(Reject.DUPLICATE_SEQUENCE, topic)
+            return
         stamp = receive_ns
         floor = _GOOD  # the least-bad quality any sample of this message may have
         if self._time_path is not None:
@@ -637,9 +641,6 @@ class JsonDecoder(_BaseDecoder):
             if stamp is None:
                 stamp = receive_ns
                 floor = _UNCERTAIN
-        if self._seq_path is not None and self._sequence_is_duplicate(topic, doc):
-            self._reject(Reject.DUPLICATE_SEQUENCE, topic)
-            return
 
         produced = 0
         missing = 0
@@ -752,8 +753,10 @@ class JsonDecoder(_BaseDecoder):
         if self._time_scale:
             if kind is int:
                 stamp = raw * self._time_scale
-            elif kind is float and raw - raw == 0.0:
-                stamp = round(raw * self._time_scale)
+            elif kind is float:
+                scaled = raw * self._time_scale
+                if scaled - scaled == 0.0:  # finite after scaling: round() cannot overflow
+                    stamp = round(scaled)
         elif kind is str:
             stamp = _iso_to_ns(raw)
         if stamp is None or not _INT64_MIN <= stamp <= _INT64_MAX:
