@@ -24,6 +24,7 @@ def _loaded_after(statement: str) -> set[str]:
     "import twinbench.kernel",
     "import twinbench.models",
     "import twinbench.cli",
+    "import twinbench.io.batch, twinbench.io.tags, twinbench.io.decode",
 ])
 def test_import_does_not_pull_heavy_modules(statement):
     loaded = _loaded_after(statement) & set(HEAVY)
