@@ -21,12 +21,16 @@ bench: setup
 
 setup: .stamp-install
 
-# System packages: a C compiler, Python headers and venv support. Installed only when missing.
+# System packages: a C compiler, Python headers and venv support to build; mosquitto (the MQTT
+# broker the tests and the plant run on loopback). Installed with apt-get only when missing.
 .stamp-system:
-	@if ! command -v gcc >/dev/null || ! $(PYTHON) -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then \
-	  echo "installing gcc, Python headers and venv support with apt-get"; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-	    gcc g++ make python3-dev python3-venv; \
+	@missing=""; \
+	command -v gcc >/dev/null || missing="$$missing gcc g++ make"; \
+	$(PYTHON) -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null || missing="$$missing python3-dev python3-venv"; \
+	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto mosquitto-clients"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing with apt-get:$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 	touch $@
 
