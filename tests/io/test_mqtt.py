@@ -1,0 +1,320 @@
+"""The MQTT source against a real mosquitto broker (fixture in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from twinbench.io.batch import Batch, Quality, concat
+from twinbench.io.mqtt import MqttSource, mqtt_source
+from twinbench.io.tags import tag_map
+
+TOPIC = "plant/pump1/telemetry"
+
+
+@contextmanager
+def publisher(url: str) -> Iterator[Callable[..., None]]:
+    """A paho client; yields publish(topic, payload, qos=1) that waits for the broker's ack."""
+    from paho.mqtt.client import CallbackAPIVersion, Client
+
+    parts = urllib.parse.urlsplit(url)
+    client = Client(CallbackAPIVersion.VERSION2)
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(1000)
+    client.connect(parts.hostname, parts.port)
+    client.loop_start()
+    infos = []
+
+    def publish(topic: str, payload: bytes | str, qos: int = 1) -> None:
+        infos.append(client.publish(topic, payload, qos=qos))
+
+    try:
+        yield publish
+        for info in infos:
+            info.wait_for_publish(10)
+            assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def collect(source: MqttSource, done: Callable[[Batch], bool], timeout: float = 10.0) -> Batch:
+    """Read batches until `done(all samples so far)` holds; fail after `timeout` s."""
+    batches: list[Batch] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        so_far = concat(batches) if batches else None
+        if so_far is not None and done(so_far):
+            return so_far
+        left = deadline - time.monotonic()
+        if left <= 0:
+            got = 0 if so_far is None else len(so_far)
+            raise AssertionError(f"condition not met within {timeout} s; got {got} "
+                                 f"samples, status {source.status}")
+        batch = await source.read(timeout=min(left, 0.5))
+        assert batch is not None
+        if len(batch):
+            batches.append(batch)
+
+
+def test_json_round_trip_and_field_path(mosquitto: str) -> None:
+    tags = {"temp": f"{TOPIC}#temperature", "current": f"{TOPIC}#motor.i[1]",
+            "speed": "plant/pump1/speed#rpm"}
+
+    async def main() -> Batch:
+        source = mqtt_source(mosquitto, tags, time_field="ts", time_format="epoch_ms")
+        await source.start()
+        try:
+            assert source.status["connected"]
+            with publisher(mosquitto) as publish:
+                for k in range(3):
+                    publish(TOPIC, json.dumps({"ts": 1_700_000_000_000 + k, "temperature": 60.0 + k,
+                                               "motor": {"i": [1.0, 3.0 + k]}}))
+                publish("plant/pump1/speed", json.dumps({"ts": 1_700_000_000_100, "rpm": 1450}))
+            data = await collect(source, lambda b: len(b) == 7)
+            latest = source.read_latest()
+            assert dict(zip(latest.tag.tolist(), latest.value.tolist())) == {0: 62.0, 1: 5.0,
+                                                                               2: 1450.0}
+            assert source.status["batches"] >= 1 and source.status["messages"] == 4
+            return data
+        finally:
+            await source.stop()
+            assert not source.status["connected"]
+
+    data = asyncio.run(main())
+    assert data.tags == ("temp", "current", "speed")
+    temp = data.select("temp")
+    assert temp.value.tolist() == [60.0, 61.0, 62.0]
+    assert temp.time.tolist() == np.array(
+        [1_700_000_000_000, 1_700_000_000_001, 1_700_000_000_002], "datetime64[ms]"
+    ).astype("datetime64[ns]").tolist()
+    assert data.select("current").value.tolist() == [3.0, 4.0, 5.0]
+    assert data.select("speed").value.tolist() == [1450.0]
+    assert (data.quality == Quality.GOOD).all()
+
+
+def test_bad_payloads_counted_good_ones_flow(mosquitto: str) -> None:
+    async def main() -> MqttSource:
+        source = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"})
+        await source.start()
+        try:
+            with publisher(mosquitto) as publish:
+                publish(TOPIC, b"hello")
+                publish(TOPIC, b'{"temperature": 61.5')
+                publish(TOPIC, b'{"other": 1}')
+                publish(TOPIC, b'{"temperature": 20.5}')
+                publish(TOPIC, b'{"temperature": 21.5}')
+            data = await collect(source, lambda b: len(b) == 2)
+            assert data.value.tolist() == [20.5, 21.5]
+            return source
+        finally:
+            await source.stop()
+
+    source = asyncio.run(main())
+    decode = source.status["decode"]
+    assert decode["messages"] == 5 and decode["accepted"] == 2
+    assert decode["rejects"]["not_json"] == 1
+    assert decode["rejects"]["truncated"] == 1
+    assert decode["rejects"]["missing_field"] == 1
+
+
+def test_numeric_decoder_plain_topics(mosquitto: str) -> None:
+    async def main() -> Batch:
+        source = mqtt_source(mosquitto, {"speed": "p1/speed", "flow": "p1/flow"},
+                             decoder="numeric", qos=0)
+        await source.start()
+        try:
+            with publisher(mosquitto) as publish:
+                publish("p1/speed", b"1450.5")
+                publish("p1/flow", b"12")
+            return await collect(source, lambda b: len(b) == 2)
+        finally:
+            await source.stop()
+
+    data = asyncio.run(main()).sorted()
+    assert sorted(zip(data.tag.tolist(), data.value.tolist())) == [(0, 1450.5), (1, 12.0)]
+
+
+def test_qos1_sequence_all_received(mosquitto: str) -> None:
+    n = 2000
+
+    async def main() -> Batch:
+        source = mqtt_source(mosquitto, {"seq": f"{TOPIC}#seq", "value": f"{TOPIC}#v"}, qos=1)
+        await source.start()
+        try:
+            with publisher(mosquitto) as publish:
+                for k in range(n):
+                    publish(TOPIC, b'{"seq": %d, "v": %d.5}' % (k, k))
+            return await collect(source, lambda b: len(b.select("seq")) >= n, timeout=30.0)
+        finally:
+            await source.stop()
+
+    data = asyncio.run(main())
+    seq = data.select("seq").value.astype(int)
+    assert np.array_equal(np.sort(seq), np.arange(n))
+    assert np.array_equal(data.select("value").value, np.sort(seq) + 0.5)  # order kept too
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_broker_fails_fast_naming_url() -> None:
+    url = f"mqtt://127.0.0.1:{_unused_port()}"
+    source = mqtt_source(url, {"temp": f"{TOPIC}#temperature"}, connect_timeout=2.0)
+    began = time.monotonic()
+    with pytest.raises(ConnectionError, match=url.replace(".", r"\.")):
+        asyncio.run(source.start())
+    assert time.monotonic() - began < 2.5
+    assert not source.status["connected"]
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest"])
+def test_overflow_counted_when_consumer_does_not_drain(mosquitto: str, overflow: str) -> None:
+    n, queue_size = 50, 10
+
+    async def main() -> tuple[dict, Batch]:
+        source = mqtt_source(mosquitto, {"seq": f"{TOPIC}#seq"}, queue_size=queue_size,
+                             overflow=overflow)
+        await source.start()
+        try:
+            with publisher(mosquitto) as publish:
+                for k in range(n):
+                    publish(TOPIC, b'{"seq": %d}' % k)
+            # Nobody reads meanwhile: wait (bounded) until paho has handed over every message.
+            deadline = time.monotonic() + 10
+            while source.status["messages"] < n:
+                assert time.monotonic() < deadline, source.status
+                await asyncio.sleep(0.01)
+            status = source.status
+            batch = await source.read(timeout=1.0)
+            return status, batch
+        finally:
+            await source.stop()
+
+    status, batch = asyncio.run(main())
+    assert status["messages"] == n
+    assert status["queued"] == queue_size
+    assert status["dropped_overflow"] == n - queue_size
+    expected = range(n - queue_size, n) if overflow == "drop_oldest" else range(queue_size)
+    assert batch.value.astype(int).tolist() == list(expected)
+
+
+def test_overflow_block_loses_nothing(mosquitto: str) -> None:
+    n = 300
+
+    async def main() -> tuple[dict, Batch]:
+        source = mqtt_source(mosquitto, {"seq": f"{TOPIC}#seq"}, queue_size=5,
+                             overflow="block", max_batch=7)
+        await source.start()
+        try:
+            with publisher(mosquitto) as publish:
+                for k in range(n):
+                    publish(TOPIC, b'{"seq": %d}' % k)
+                data = await collect(source, lambda b: len(b) >= n, timeout=30.0)
+            return source.status, data
+        finally:
+            await source.stop()
+
+    status, data = asyncio.run(main())
+    assert status["dropped_overflow"] == 0
+    assert data.value.astype(int).tolist() == list(range(n))
+
+
+def test_sync_facade(mosquitto: str) -> None:
+    source = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"})
+    source.start_sync()
+    try:
+        source.start_sync()  # idempotent
+        assert source.status["connected"]
+        with publisher(mosquitto) as publish:
+            publish(TOPIC, b'{"temperature": 33.0}')
+        got = []
+        deadline = time.monotonic() + 10
+        while not got:
+            assert time.monotonic() < deadline, source.status
+            batch = source.read_sync(timeout=0.5)
+            got.extend(batch.value.tolist())
+        assert got == [33.0]
+    finally:
+        source.stop_sync()
+    assert not source.status["connected"]
+    assert source.read_latest().value.tolist() == [33.0]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"url": "tcp://h:1"}, "url"),
+    ({"qos": 3}, "qos"),
+    ({"overflow": "sometimes"}, "overflow"),
+    ({"queue_size": 0}, "queue_size"),
+    ({"connect_timeout": 0}, "connect_timeout"),
+    ({"tags": {"speed": "p1/speed"}}, "field path"),
+    ({"tags": tag_map({"speed": "ns=2;s=Pump1.Speed"})}, "mqtt"),
+    ({"tags": {}}, "at least one"),
+    ({"decoder": "protobuf"}, "registered decoder"),
+    ({"decoder": "numeric"}, "field path"),
+])
+def test_factory_validates(kwargs: dict, match: str) -> None:
+    args = {"url": "mqtt://127.0.0.1:1883", "tags": {"temp": f"{TOPIC}#temperature"}, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        mqtt_source(args.pop("url"), args.pop("tags"), **args)
+
+
+def test_tag_map_object_accepted() -> None:
+    tm = tag_map({"a": "x/y#v", "b": "x/z#v"})
+    source = mqtt_source("mqtt://127.0.0.1:1", tm)
+    assert source.tags is tm and source.topics == ("x/y", "x/z")
+
+
+def test_silent_server_times_out_naming_url() -> None:
+    import socket
+
+    # Accepts TCP connections but never answers CONNECT: the CONNACK wait must time out.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(5)
+        url = f"mqtt://127.0.0.1:{server.getsockname()[1]}"
+        source = mqtt_source(url, {"temp": f"{TOPIC}#temperature"}, connect_timeout=0.5)
+        began = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"{url}.*timed out"):
+            asyncio.run(source.start())
+        assert time.monotonic() - began < 2.0
+
+
+def test_batches_iteration_ends_on_stop_and_handler_errors_counted(mosquitto: str) -> None:
+    async def main() -> tuple[list[float], dict]:
+        source = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"})
+        await source.start()
+        values: list[float] = []
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async for batch in source.batches():
+                values.extend(batch.value.tolist())
+                first.set()
+
+        task = asyncio.create_task(consume())
+        with publisher(mosquitto) as publish:
+            publish(TOPIC, b'{"temperature": 1.5}')
+        await asyncio.wait_for(first.wait(), 10)
+        # A broken message object in paho's callback is logged and counted, never raised.
+        source._on_message(None, None, object())
+        await source.stop()
+        await asyncio.wait_for(task, 5)  # the iteration ends once stopped
+        return values, source.status
+
+    values, status = asyncio.run(main())
+    assert values == [1.5]
+    assert status["handler_errors"] == 1 and status["messages"] == 1
+    assert not status["connected"]

@@ -1,0 +1,469 @@
+"""MQTT source: subscribe to the topics of a tag map and hand out columnar batches.
+
+paho-mqtt runs its network thread; its message callback only stamps the receive time and puts the
+raw ``(topic, payload, receive_ns)`` into a bounded buffer, then wakes the asyncio loop with
+``loop.call_soon_threadsafe``. Decoding happens on the loop side, in chunks
+(:meth:`~twinbench.io.decode.Decoder.decode_many`), so the output is numpy columns, never one
+Python object per sample. When the buffer is full the ``overflow`` policy decides what happens,
+and every dropped message is counted in :attr:`MqttSource.status`.
+
+Every network wait has a timeout: a notebook cell never hangs on an unreachable broker.
+
+Not done yet: gap markers on reconnect (paho reconnects by itself, the source only shows the
+state), persistent sessions, TLS (``mqtts://``) and publishing commands.
+
+Examples
+--------
+>>> src = mqtt_source("mqtt://127.0.0.1:1883", {"temp": "plant/pump1/telemetry#temperature"})
+>>> src.status["connected"], src.status["url"], src.topics
+(False, 'mqtt://127.0.0.1:1883', ('plant/pump1/telemetry',))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from twinbench.io.batch import Batch
+from twinbench.io.decode import Decoder, get_decoder
+from twinbench.io.tags import MqttAddress, TagMap, tag_map
+
+__all__ = ["OVERFLOW_POLICIES", "MqttSource", "mqtt_source"]
+
+OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block")
+
+_logger = logging.getLogger("twinbench.io.mqtt")
+
+
+def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = None,
+                decoder: str | Decoder = "json", queue_size: int = 100_000,
+                overflow: str = "drop_oldest", connect_timeout: float = 5.0,
+                max_batch: int = 10_000, **decoder_options: Any) -> MqttSource:
+    """Create an MQTT source (not yet connected: call ``await source.start()``).
+
+    Parameters
+    ----------
+    url : str
+        ``mqtt://host:port`` (port default 1883).
+    tags : TagMap or anything :func:`~twinbench.io.tags.tag_map` accepts
+        MQTT addresses; their order is the tag index of the batches.
+    qos : {0, 1, 2}, default 1
+        Subscription QoS.
+    client_id : str, optional
+        MQTT client id; default a random one from the broker (clean session).
+    decoder : {"json", "numeric"} or Decoder, default "json"
+        ``"json"``: every address needs a field path (``topic#field``). ``"numeric"``: every
+        address is a bare topic whose payload is a number. A Decoder object is used as given.
+    queue_size : int, default 100000
+        Messages buffered between paho's thread and the consumer.
+    overflow : {"drop_oldest", "drop_newest", "block"}, default "drop_oldest"
+        When the buffer is full: drop the oldest buffered message, drop the arriving one, or make
+        paho's thread wait for room (the broker then queues). Drops are counted in ``status``.
+    connect_timeout : float, default 5.0
+        Seconds for connecting, subscribing and disconnecting.
+    max_batch : int, default 10000
+        Most messages decoded into one batch.
+    **decoder_options
+        Passed to the decoder class (e.g. ``time_field="ts", time_format="epoch_ms"``).
+
+    Examples
+    --------
+    >>> src = mqtt_source("mqtt://localhost", {"speed": "p1/speed"}, decoder="numeric")
+    >>> src.host, src.port, src.tags.names
+    ('localhost', 1883, ('speed',))
+    >>> mqtt_source("http://localhost", {"speed": "p1/speed"})
+    Traceback (most recent call last):
+    ...
+    ValueError: url: expected 'mqtt://host:port', got 'http://localhost'
+    """
+    host, port = _parse_url(url)
+    tm = tag_map(tags, scheme="mqtt")
+    if len(tm) == 0:
+        raise ValueError("tags: expected at least one MQTT tag")
+    if isinstance(qos, bool) or qos not in (0, 1, 2):
+        raise ValueError(f"qos: expected 0, 1 or 2, got {qos!r}")
+    if client_id is not None and not isinstance(client_id, str):
+        raise TypeError(f"client_id: expected a str or None, got {type(client_id).__name__}")
+    for name, value, low in (("queue_size", queue_size, 1), ("max_batch", max_batch, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow: expected one of {OVERFLOW_POLICIES}, got {overflow!r}")
+    if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
+            or not 0 < connect_timeout < float("inf"):
+        raise ValueError(f"connect_timeout: expected finite seconds > 0, got {connect_timeout!r}")
+    dec = _make_decoder(decoder, tm, decoder_options)
+    return MqttSource(url, host, port, tm, dec, qos=qos, client_id=client_id,
+                      queue_size=queue_size, overflow=overflow,
+                      connect_timeout=float(connect_timeout), max_batch=max_batch)
+
+
+def _parse_url(url: Any) -> tuple[str, int]:
+    if not isinstance(url, str):
+        raise TypeError(f"url: expected a str 'mqtt://host:port', got {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme != "mqtt" or not parts.hostname or port == -1 or parts.path not in ("", "/"):
+        raise ValueError(f"url: expected 'mqtt://host:port', got {url!r}")
+    return parts.hostname, port if port is not None else 1883
+
+
+def _make_decoder(decoder: Any, tm: TagMap, options: Mapping[str, Any]) -> Decoder:
+    if not isinstance(decoder, str):
+        if not isinstance(decoder, Decoder):
+            raise TypeError(f"decoder: expected a decoder name or an object with decode_many() "
+                            f"and stats, got {type(decoder).__name__}")
+        if options:
+            raise TypeError(f"decoder options {sorted(options)} apply only to a decoder name")
+        return decoder
+    factory = get_decoder(decoder)
+    addresses: dict[int, MqttAddress] = {i: tm[name] for i, name in enumerate(tm.names)}
+    if decoder == "json":
+        bare = [name for name in tm.names if tm[name].field is None]
+        if bare:
+            raise ValueError(f"tags: decoder 'json' needs a field path ('topic#field') for every "
+                             f"tag; {bare} have none (use decoder='numeric' for plain numbers)")
+        return factory({i: str(a) for i, a in addresses.items()}, **options)
+    if decoder == "numeric":
+        fielded = [name for name in tm.names if tm[name].field is not None]
+        if fielded:
+            raise ValueError(f"tags: decoder 'numeric' reads bare topics; {fielded} have a field "
+                             f"path (use decoder='json')")
+        return factory({i: a.topic for i, a in addresses.items()}, **options)
+    return factory(addresses, **options)
+
+
+class MqttSource:
+    """A subscription to the topics of a tag map, delivering :class:`~twinbench.io.batch.Batch`.
+
+    Build one with :func:`mqtt_source`. Async API: :meth:`start`, :meth:`stop`, :meth:`batches`,
+    :meth:`read`. For notebook cells without ``await``: :meth:`start_sync`, :meth:`read_sync`,
+    :meth:`stop_sync` (they run the async API on a private event-loop thread).
+
+    :meth:`read_latest` reflects the batches consumed so far (through :meth:`batches` or
+    :meth:`read`): nothing is decoded until someone consumes.
+    """
+
+    def __init__(self, url: str, host: str, port: int, tags: TagMap, decoder: Decoder, *,
+                 qos: int, client_id: str | None, queue_size: int, overflow: str,
+                 connect_timeout: float, max_batch: int) -> None:
+        self.url = url
+        self.host = host
+        self.port = port
+        self.tags = tags
+        self.decoder = decoder
+        self.qos = qos
+        self.client_id = client_id
+        self.queue_size = queue_size
+        self.overflow = overflow
+        self.connect_timeout = connect_timeout
+        self.max_batch = max_batch
+        self.topics = tuple(dict.fromkeys(tags[name].topic for name in tags.names))
+
+        self._buffer: collections.deque[tuple[str, bytes, int]] = collections.deque()
+        self._cond = threading.Condition()  # guards _buffer, counters, _wake_pending
+        self._wake_pending = False
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None
+        self._running = False
+        self._connected = False
+        self._messages = 0
+        self._dropped = 0
+        self._handler_errors = 0
+        self._batches = 0
+        self._disconnects = 0
+        n = len(tags)
+        self._latest_time = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+        self._latest_value = np.full(n, np.nan)
+        self._latest_quality = np.zeros(n, dtype=np.uint8)
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
+        self._sync_thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connected else "disconnected"
+        return f"<MqttSource {self.url} {len(self.tags)} tags {state}>"
+
+    # -- status --------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """Connection state and counters, JSON-serialisable.
+
+        ``messages``: received from the broker; ``queued``: waiting to be decoded;
+        ``dropped_overflow``: lost to the overflow policy; ``handler_errors``: exceptions caught in
+        paho's callbacks; ``batches``: batches handed out; ``decode``: the decoder's counters.
+        """
+        with self._cond:
+            counters = {"messages": self._messages, "queued": len(self._buffer),
+                        "dropped_overflow": self._dropped, "handler_errors": self._handler_errors,
+                        "disconnects": self._disconnects}
+        return {"connected": self._connected, "url": self.url, "topics": list(self.topics),
+                "overflow": self.overflow, "queue_size": self.queue_size, **counters,
+                "batches": self._batches, "decode": self.decoder.stats.as_dict()}
+
+    def read_latest(self) -> Batch:
+        """The newest consumed sample of every tag seen so far, as a batch (one sample per tag)."""
+        seen = np.flatnonzero(~np.isnat(self._latest_time))
+        return Batch(seen.astype(np.int32), self._latest_time[seen], self._latest_value[seen],
+                     self._latest_quality[seen], tags=self.tags.names)
+
+    # -- paho's thread -------------------------------------------------------------------------
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        try:
+            item = (message.topic, message.payload, time.time_ns())
+            wake = False
+            with self._cond:
+                self._messages += 1
+                if len(self._buffer) >= self.queue_size:
+                    if self.overflow == "drop_oldest":
+                        self._buffer.popleft()
+                        self._dropped += 1
+                    elif self.overflow == "drop_newest":
+                        self._dropped += 1
+                        return
+                    else:  # block: paho stops reading the socket; the broker queues
+                        while len(self._buffer) >= self.queue_size and self._running:
+                            self._cond.wait(0.1)
+                        if not self._running:
+                            self._dropped += 1
+                            return
+                self._buffer.append(item)
+                if not self._wake_pending:
+                    self._wake_pending = wake = True
+            if wake:
+                self._wake()
+        except Exception:  # noqa: BLE001 - never raise into paho's network thread
+            self._handler_error("on_message")
+
+    def _wake(self) -> None:
+        loop, ready = self._loop, self._ready
+        if loop is not None and ready is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(ready.set)
+            except RuntimeError:  # the loop closed between the check and the call
+                pass
+
+    def _handler_error(self, where: str) -> None:
+        with self._cond:
+            self._handler_errors += 1
+        _logger.exception("mqtt %s: error in %s (counted, not raised)", self.url, where)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                       properties: Any = None) -> None:
+        try:
+            if self._connected:
+                with self._cond:
+                    self._disconnects += 1
+            self._connected = False
+            if self._running:
+                _logger.warning("mqtt %s: disconnected (%s); paho reconnects", self.url, reason)
+        except Exception:  # noqa: BLE001
+            self._handler_error("on_disconnect")
+
+    # -- async API -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and subscribe, each within ``connect_timeout``; idempotent.
+
+        Raises ``ConnectionError`` naming the URL when the broker cannot be reached, refuses the
+        connection or refuses a subscription.
+        """
+        if self._running:
+            return
+        from paho.mqtt.client import CallbackAPIVersion, Client
+
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._ready = asyncio.Event()
+        connected: asyncio.Future[Any] = loop.create_future()
+        subscribed: asyncio.Future[Any] = loop.create_future()
+
+        def settle(fut: asyncio.Future[Any], value: Any) -> None:
+            if not fut.done():
+                fut.set_result(value)
+
+        def on_connect(client: Any, userdata: Any, flags: Any, reason: Any,
+                       properties: Any = None) -> None:
+            try:
+                if not reason.is_failure:
+                    self._connected = True
+                    if connected.done():  # a reconnect: subscriptions are gone with a clean session
+                        client.subscribe([(t, self.qos) for t in self.topics])
+                loop.call_soon_threadsafe(settle, connected, reason)
+            except Exception:  # noqa: BLE001
+                self._handler_error("on_connect")
+
+        def on_subscribe(client: Any, userdata: Any, mid: int, reasons: Any,
+                         properties: Any = None) -> None:
+            try:
+                loop.call_soon_threadsafe(settle, subscribed, (mid, list(reasons)))
+            except Exception:  # noqa: BLE001
+                self._handler_error("on_subscribe")
+
+        client = Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
+                        clean_session=True)
+        client.connect_timeout = self.connect_timeout
+        client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+        self._running = True
+        try:
+            await asyncio.wait_for(asyncio.to_thread(client.connect, self.host, self.port, 30),
+                                   self.connect_timeout)
+            client.loop_start()
+            reason = await asyncio.wait_for(connected, self.connect_timeout)
+            if reason.is_failure:
+                raise ConnectionError(f"MQTT broker at {self.url} refused the connection: {reason}")
+            result, mid = client.subscribe([(t, self.qos) for t in self.topics])
+            if result != 0:
+                raise ConnectionError(f"MQTT broker at {self.url}: subscribe failed (rc {result})")
+            _, reasons = await asyncio.wait_for(subscribed, self.connect_timeout)
+            refused = [t for t, r in zip(self.topics, reasons, strict=False) if r.is_failure]
+            if refused:
+                raise ConnectionError(f"MQTT broker at {self.url} refused subscriptions {refused}")
+        except BaseException as exc:
+            await self._shutdown()
+            if isinstance(exc, ConnectionError) and self.url in str(exc):
+                raise
+            if isinstance(exc, (asyncio.TimeoutError, OSError)):
+                what = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+                raise ConnectionError(f"cannot connect to MQTT broker at {self.url} within "
+                                      f"{self.connect_timeout:g} s: {what}") from exc
+            raise
+
+    async def stop(self) -> None:
+        """Disconnect and stop paho's thread (bounded by ``connect_timeout``); idempotent.
+
+        Messages still buffered stay readable; :meth:`batches` ends once they are consumed.
+        """
+        if self._running or self._client is not None:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._running = False
+        with self._cond:
+            self._cond.notify_all()  # release paho's thread if it waits under "block"
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.disconnect()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            try:
+                await asyncio.wait_for(asyncio.to_thread(client.loop_stop), self.connect_timeout)
+            except asyncio.TimeoutError:
+                _logger.warning("mqtt %s: paho thread did not stop within %g s", self.url,
+                                self.connect_timeout)
+        self._connected = False
+        if self._ready is not None:
+            self._ready.set()
+
+    def _take(self) -> list[tuple[str, bytes, int]]:
+        with self._cond:
+            n = min(len(self._buffer), self.max_batch)
+            chunk = [self._buffer.popleft() for _ in range(n)]
+            if not self._buffer:
+                self._wake_pending = False
+                if self._ready is not None:
+                    self._ready.clear()
+            if n and self.overflow == "block":
+                self._cond.notify_all()
+        return chunk
+
+    def _decode(self, chunk: list[tuple[str, bytes, int]]) -> Batch:
+        cols = self.decoder.decode_many(chunk)
+        batch = cols.to_batch(self.tags.names)
+        if len(batch):
+            # Newest sample per tag: the last occurrence of each tag index in arrival order.
+            rev_tag = batch.tag[::-1]
+            tags, first = np.unique(rev_tag, return_index=True)
+            last = len(batch) - 1 - first
+            self._latest_time[tags] = batch.time[last]
+            self._latest_value[tags] = batch.value[last]
+            self._latest_quality[tags] = batch.quality[last]
+        self._batches += 1
+        return batch
+
+    async def read(self, timeout: float | None = None) -> Batch | None:
+        """The next batch of buffered messages, waiting up to `timeout` s for one to arrive.
+
+        Returns an empty batch on timeout (also when every waiting message was rejected by the
+        decoder) and None once the source is stopped and its buffer drained.
+        """
+        if self._ready is None:
+            raise RuntimeError(f"MqttSource {self.url}: call start() before reading")
+        if not self._buffer:
+            if not self._running:
+                return None
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        chunk = self._take()
+        if not chunk and not self._running:
+            return None
+        return self._decode(chunk)
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        """Yield non-empty batches as messages arrive, until the source is stopped."""
+        while True:
+            batch = await self.read()
+            if batch is None:
+                return
+            if len(batch):
+                yield batch
+
+    # -- sync facade ---------------------------------------------------------------------------
+
+    def _run_sync(self, coro: Any, timeout: float) -> Any:
+        if self._sync_loop is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                      name=f"twinbench-mqtt-{self.url}")
+            thread.start()
+            self._sync_loop, self._sync_thread = loop, thread
+        future = asyncio.run_coroutine_threadsafe(coro, self._sync_loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"MqttSource {self.url}: no result within {timeout:g} s") from None
+
+    def start_sync(self) -> None:
+        """:meth:`start` from synchronous code (a notebook cell), on a private loop thread."""
+        self._run_sync(self.start(), 3 * self.connect_timeout + 1.0)
+
+    def read_sync(self, timeout: float = 1.0) -> Batch | None:
+        """:meth:`read` from synchronous code: the next batch, empty after `timeout` s."""
+        return self._run_sync(self.read(timeout), timeout + self.connect_timeout)
+
+    def stop_sync(self) -> None:
+        """:meth:`stop` from synchronous code, then end the private loop thread."""
+        if self._sync_loop is None:
+            return
+        try:
+            self._run_sync(self.stop(), 2 * self.connect_timeout + 1.0)
+        finally:
+            loop, thread = self._sync_loop, self._sync_thread
+            self._sync_loop = self._sync_thread = None
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not None:
+                thread.join(self.connect_timeout)
+            if not loop.is_running():
+                loop.close()
