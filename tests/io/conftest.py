@@ -37,26 +37,51 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> 
     raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[str]:
-    """A mosquitto broker for this test; yields its URL ``mqtt://127.0.0.1:<port>``."""
-    if not Path(MOSQUITTO).exists():
-        pytest.skip(f"mosquitto broker binary not found ({MOSQUITTO}); install mosquitto")
-    port = free_port()
-    config = tmp_path / "mosquitto.conf"
-    # max_queued_messages: the default 1000 drops QoS 1 messages for a slow subscriber.
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                      f"max_queued_messages 100000\n")
-    log = (tmp_path / "mosquitto.log").open("wb")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_port(port, proc, timeout=10.0)
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
+class Broker:
+    """A mosquitto process on a fixed loopback port that a test can stop and start again."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.config = tmp_path / "mosquitto.conf"
+        # max_queued_messages: the default 1000 drops QoS 1 messages for a slow subscriber.
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                               f"persistence false\nmax_queued_messages 100000\n")
+        self.log_path = tmp_path / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log,
+                                         stderr=subprocess.STDOUT)
+        _wait_for_port(self.port, self.proc, timeout=10.0)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
         proc.terminate()
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        log.close()
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A running mosquitto broker (a :class:`Broker`: ``url``, ``stop()``, ``start()``)."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"mosquitto broker binary not found ({MOSQUITTO}); install mosquitto")
+    broker = Broker(tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_broker: Broker) -> str:
+    """A mosquitto broker for this test; its URL ``mqtt://127.0.0.1:<port>``."""
+    return mosquitto_broker.url

@@ -318,3 +318,38 @@ def test_batches_iteration_ends_on_stop_and_handler_errors_counted(mosquitto: st
     assert values == [1.5]
     assert status["handler_errors"] == 1 and status["messages"] == 1
     assert not status["connected"]
+
+
+def test_reconnects_and_resubscribes_after_broker_restart(mosquitto_broker) -> None:
+    url = mosquitto_broker.url
+
+    async def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met"
+            await asyncio.sleep(0.02)
+
+    async def main() -> tuple[Batch, dict]:
+        source = mqtt_source(url, {"temp": f"{TOPIC}#temperature"})
+        await source.start()
+        try:
+            mosquitto_broker.stop()
+            await wait_for(lambda: not source.status["connected"], 10)
+            mosquitto_broker.start()
+            await wait_for(lambda: source.status["connected"], 15)  # paho backs off from 1 s
+            # The re-subscription may still be on its way: publish until a sample arrives.
+            deadline = time.monotonic() + 10
+            with publisher(url) as publish:
+                while True:
+                    publish(TOPIC, b'{"temperature": 7.0}')
+                    batch = await source.read(timeout=0.2)
+                    if batch is not None and len(batch):
+                        break
+                    assert time.monotonic() < deadline, source.status
+            return batch, source.status
+        finally:
+            await source.stop()
+
+    batch, status = asyncio.run(main())
+    assert batch.value[0] == 7.0
+    assert status["disconnects"] == 1
