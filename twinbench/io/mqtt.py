@@ -71,6 +71,8 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
     overflow : {"drop_oldest", "drop_newest", "block"}, default "drop_oldest"
         When the buffer is full: drop the oldest buffered message, drop the arriving one, or make
         paho's thread wait for room (the broker then queues). Drops are counted in ``status``.
+        Under "block" a consumer that stops reading for longer than the keepalive (45 s) also
+        stops paho's pings, so the broker drops the connection: keep consuming.
     connect_timeout : float, default 5.0
         Seconds for connecting, subscribing and disconnecting.
     max_batch : int, default 10000
