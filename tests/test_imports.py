@@ -24,7 +24,7 @@ def _loaded_after(statement: str) -> set[str]:
     "import twinbench.kernel",
     "import twinbench.models",
     "import twinbench.cli",
-    "import twinbench.io.batch, twinbench.io.tags, twinbench.io.decode",
+    "import twinbench.io.batch, twinbench.io.tags, twinbench.io.decode, twinbench.io.mqtt",
 ])
 def test_import_does_not_pull_heavy_modules(statement):
     loaded = _loaded_after(statement) & set(HEAVY)
