@@ -343,7 +343,8 @@ def test_reconnects_and_resubscribes_after_broker_restart(mosquitto_broker) -> N
                 while True:
                     publish(TOPIC, b'{"temperature": 7.0}')
                     batch = await source.read(timeout=0.2)
-                    if batch is not None and len(batch):
+                    # The first batch after the reconnect is the gap marker (tested below).
+                    if batch is not None and len(batch) and batch.quality[0] != Quality.GAP:
                         break
                     assert time.monotonic() < deadline, source.status
             return batch, source.status
@@ -353,3 +354,57 @@ def test_reconnects_and_resubscribes_after_broker_restart(mosquitto_broker) -> N
     batch, status = asyncio.run(main())
     assert batch.value[0] == 7.0
     assert status["disconnects"] == 1
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` on the loop until it holds; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        await asyncio.sleep(0.02)
+
+
+def test_gap_marker_between_old_and_new_samples_after_broker_restart(mosquitto_broker) -> None:
+    url = mosquitto_broker.url
+    tags = {"temp": f"{TOPIC}#temperature", "flow": f"{TOPIC}#flow"}
+
+    async def main() -> tuple[list[Batch], dict, dict]:
+        source = mqtt_source(url, tags)
+        await source.start()
+        try:
+            with publisher(url) as publish:
+                publish(TOPIC, b'{"temperature": 1.0, "flow": 2.0}')
+            before = [await collect(source, lambda b: len(b) == 2)]
+            mosquitto_broker.stop()
+            await wait_until(lambda: not source.status["connected"], 10, "disconnect seen")
+            down = source.status
+            mosquitto_broker.start()
+            await wait_until(lambda: source.status["connected"], 15, "reconnected")
+            got = list(before)
+            deadline = time.monotonic() + 10
+            with publisher(url) as publish:
+                while not any(len(b) and b.value[0] == 7.0 for b in got):
+                    publish(TOPIC, b'{"temperature": 7.0, "flow": 8.0}')
+                    batch = await source.read(timeout=0.2)
+                    assert batch is not None
+                    if len(batch):
+                        got.append(batch)
+                    assert time.monotonic() < deadline, source.status
+            return got, down, source.status
+        finally:
+            await source.stop()
+
+    got, down, status = asyncio.run(main())
+    assert down["disconnected_since"] is not None and down["reconnects"] == 0
+    assert status["disconnected_since"] is None
+    assert status["disconnects"] == 1 and status["reconnects"] == 1 and status["gaps"] == 1
+    data = concat(got)
+    kinds = ["gap" if q == Quality.GAP else v for q, v in zip(data.quality, data.value.tolist())]
+    # Old samples, then exactly one marker per tag, then new samples: nothing new before the gap.
+    assert kinds[:4] == [1.0, 2.0, "gap", "gap"]
+    assert set(kinds[4:]) == {7.0, 8.0}
+    gap_times = data.time[2:4]
+    assert np.isnan(data.value[2:4]).all() and data.tag[2:4].tolist() == [0, 1]
+    assert (gap_times[0] == gap_times).all()
+    assert data.time[1] <= gap_times[0] <= data.time[4]
+    assert np.datetime64(down["disconnected_since"].rstrip("Z"), "ns") == gap_times[0]

@@ -10,10 +10,11 @@ and every dropped message is counted in :attr:`MqttSource.status`.
 Every network wait has a timeout: a notebook cell never hangs on an unreachable broker.
 
 When the broker goes away, paho reconnects by itself (backing off from 1 s up to 120 s) and the
-source subscribes again; ``status["connected"]`` and ``status["disconnects"]`` show it. Messages
-published meanwhile are lost (clean session). Not done yet: gap markers
-(:meth:`~twinbench.io.batch.Batch.gap`) on disconnect, persistent sessions, TLS (``mqtts://``),
-authentication and publishing commands.
+source subscribes again; ``status`` shows ``connected``, ``disconnected_since``, ``disconnects``
+and ``reconnects``. The outage shows in the data too: on reconnect the source queues a gap marker
+(:meth:`~twinbench.io.batch.Batch.gap`: one NaN sample per tag, quality ``GAP``, at the time the
+connection was lost) before any message of the new connection. Messages published meanwhile are
+lost (clean session). Not done yet: TLS (``mqtts://``) and authentication.
 
 Examples
 --------
@@ -177,7 +178,8 @@ class MqttSource:
         self.max_batch = max_batch
         self.topics = tuple(dict.fromkeys(tags[name].topic for name in tags.names))
 
-        self._buffer: collections.deque[tuple[str, bytes, int]] = collections.deque()
+        # Items are (topic, payload, receive_ns); a topic of None is a gap marker (see _GAP).
+        self._buffer: collections.deque[tuple[str | None, bytes, int]] = collections.deque()
         self._cond = threading.Condition()  # guards _buffer, counters, _wake_pending
         self._wake_pending = False
         self._client: Any = None
@@ -190,6 +192,9 @@ class MqttSource:
         self._handler_errors = 0
         self._batches = 0
         self._disconnects = 0
+        self._reconnects = 0
+        self._gaps = 0
+        self._gap_since_ns: int | None = None  # when the connection was lost, until reconnected
         n = len(tags)
         self._latest_time = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
         self._latest_value = np.full(n, np.nan)
@@ -210,12 +215,18 @@ class MqttSource:
         ``messages``: received from the broker; ``queued``: waiting to be decoded;
         ``dropped_overflow``: lost to the overflow policy; ``handler_errors``: exceptions caught in
         paho's callbacks; ``batches``: batches handed out; ``decode``: the decoder's counters.
+        ``disconnects``: connections lost while running; ``reconnects``: connections regained;
+        ``gaps``: gap markers queued; ``disconnected_since``: ISO UTC time the current outage
+        began, None while connected (or not started).
         """
         with self._cond:
             counters = {"messages": self._messages, "queued": len(self._buffer),
                         "dropped_overflow": self._dropped, "handler_errors": self._handler_errors,
-                        "disconnects": self._disconnects}
-        return {"connected": self._connected, "url": self.url, "topics": list(self.topics),
+                        "disconnects": self._disconnects, "reconnects": self._reconnects,
+                        "gaps": self._gaps}
+            since = self._gap_since_ns
+        down = None if since is None else str(np.datetime64(since, "ns")) + "Z"
+        return {"connected": self._connected, "disconnected_since": down, "url": self.url, "topics": list(self.topics),
                 "overflow": self.overflow, "queue_size": self.queue_size, **counters,
                 "batches": self._batches, "decode": self.decoder.stats.as_dict()}
 
@@ -235,7 +246,11 @@ class MqttSource:
                 self._messages += 1
                 if len(self._buffer) >= self.queue_size:
                     if self.overflow == "drop_oldest":
-                        self._buffer.popleft()
+                        # A gap marker is never the one dropped: losing it would hide the outage.
+                        if self._buffer[0][0] is None and len(self._buffer) > 1:
+                            del self._buffer[1]
+                        else:
+                            self._buffer.popleft()
                         self._dropped += 1
                     elif self.overflow == "drop_newest":
                         self._dropped += 1
@@ -267,12 +282,30 @@ class MqttSource:
             self._handler_errors += 1
         _logger.exception("mqtt %s: error in %s (counted, not raised)", self.url, where)
 
+    def _queue_gap(self) -> None:
+        # Called on reconnect, in paho's thread before any message of the new connection, so the
+        # marker sits between the samples from before the outage and those after it. It bypasses
+        # the overflow policy: an outage is never hidden.
+        with self._cond:
+            since, self._gap_since_ns = self._gap_since_ns, None
+            if since is None:
+                return
+            self._reconnects += 1
+            self._gaps += 1
+            self._buffer.append((None, b"", since))
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any = None) -> None:
         try:
             if self._connected:
                 with self._cond:
                     self._disconnects += 1
+                    if self._running and self._gap_since_ns is None:
+                        self._gap_since_ns = time.time_ns()
             self._connected = False
             if self._running:
                 _logger.warning("mqtt %s: disconnected (%s); paho reconnects", self.url, reason)
@@ -293,6 +326,7 @@ class MqttSource:
 
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._gap_since_ns = None
         self._ready = asyncio.Event()
         connected: asyncio.Future[Any] = loop.create_future()
         subscribed: asyncio.Future[Any] = loop.create_future()
@@ -307,6 +341,7 @@ class MqttSource:
                 if not reason.is_failure:
                     self._connected = True
                     if connected.done():  # a reconnect: subscriptions are gone with a clean session
+                        self._queue_gap()
                         client.subscribe([(t, self.qos) for t in self.topics])
                 loop.call_soon_threadsafe(settle, connected, reason)
             except Exception:  # noqa: BLE001
@@ -379,10 +414,16 @@ class MqttSource:
         if self._ready is not None:
             self._ready.set()
 
-    def _take(self) -> list[tuple[str, bytes, int]]:
+    def _take(self) -> list[tuple[str | None, bytes, int]]:
         with self._cond:
-            n = min(len(self._buffer), self.max_batch)
-            chunk = [self._buffer.popleft() for _ in range(n)]
+            buf = self._buffer
+            if buf and buf[0][0] is None:  # a gap marker is a batch of its own
+                chunk = [buf.popleft()]
+            else:
+                chunk = []
+                while buf and len(chunk) < self.max_batch and buf[0][0] is not None:
+                    chunk.append(buf.popleft())
+            n = len(chunk)
             if not self._buffer:
                 self._wake_pending = False
                 if self._ready is not None:
@@ -391,9 +432,11 @@ class MqttSource:
                 self._cond.notify_all()
         return chunk
 
-    def _decode(self, chunk: list[tuple[str, bytes, int]]) -> Batch:
-        cols = self.decoder.decode_many(chunk)
-        batch = cols.to_batch(self.tags.names)
+    def _decode(self, chunk: list[tuple[str | None, bytes, int]]) -> Batch:
+        if len(chunk) == 1 and chunk[0][0] is None:
+            batch = Batch.gap(self.tags.names, np.datetime64(chunk[0][2], "ns"))
+        else:
+            batch = self.decoder.decode_many(chunk).to_batch(self.tags.names)
         if len(batch):
             # Newest sample per tag: the last occurrence of each tag index in arrival order.
             rev_tag = batch.tag[::-1]
