@@ -264,6 +264,9 @@ def test_sync_facade(mosquitto: str) -> None:
     ({"tags": {}}, "at least one"),
     ({"decoder": "protobuf"}, "registered decoder"),
     ({"decoder": "numeric"}, "field path"),
+    ({"persistent": 1}, "persistent"),
+    ({"protocol": "3.1"}, "protocol"),
+    ({"session_expiry": 0}, "session_expiry"),
 ])
 def test_factory_validates(kwargs: dict, match: str) -> None:
     args = {"url": "mqtt://127.0.0.1:1883", "tags": {"temp": f"{TOPIC}#temperature"}, **kwargs}
@@ -408,3 +411,56 @@ def test_gap_marker_between_old_and_new_samples_after_broker_restart(mosquitto_b
     assert (gap_times[0] == gap_times).all()
     assert data.time[1] <= gap_times[0] <= data.time[4]
     assert np.datetime64(down["disconnected_since"].rstrip("Z"), "ns") == gap_times[0]
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_persistent_session_delivers_qos1_published_while_away(mosquitto: str,
+                                                               protocol: str) -> None:
+    n = 500
+    tags = {"seq": f"{TOPIC}#seq"}
+
+    async def main() -> tuple[str, str, Batch, dict]:
+        first = mqtt_source(mosquitto, tags, persistent=True, protocol=protocol)
+        await first.start()  # creates the session and its subscription on the broker
+        await first.stop()  # the twin goes away; the broker keeps the session
+        with publisher(mosquitto) as publish:  # waits for every PUBACK: the broker has them all
+            for k in range(n):
+                publish(TOPIC, b'{"seq": %d}' % k)
+        second = mqtt_source(mosquitto, tags, persistent=True, protocol=protocol)
+        await second.start()
+        try:
+            data = await collect(second, lambda b: len(b) >= n, timeout=30.0)
+            # Nothing beyond the n: read until the buffer is empty and the broker has nothing left.
+            extra = await second.read(timeout=0.3)
+            assert extra is not None and len(extra) == 0, extra
+            return first.client_id, second.client_id, data, second.status
+        finally:
+            await second.stop()
+
+    id1, id2, data, status = asyncio.run(main())
+    assert id1 == id2 and id1.startswith("tb-")
+    assert status["persistent"] and status["protocol"] == protocol
+    seq = data.value.astype(int)
+    assert len(seq) == n and np.array_equal(np.sort(seq), np.arange(n))  # each exactly once
+
+
+def test_clean_session_loses_messages_published_while_away(mosquitto: str) -> None:
+    # The control for the test above: without persistence the broker keeps nothing.
+    tags = {"seq": f"{TOPIC}#seq"}
+
+    async def main() -> tuple[Batch, dict]:
+        first = mqtt_source(mosquitto, tags, client_id="twin-clean")
+        await first.start()
+        await first.stop()
+        with publisher(mosquitto) as publish:
+            for k in range(20):
+                publish(TOPIC, b'{"seq": %d}' % k)
+        second = mqtt_source(mosquitto, tags, client_id="twin-clean")
+        await second.start()
+        try:
+            return await second.read(timeout=0.5), second.status
+        finally:
+            await second.stop()
+
+    batch, status = asyncio.run(main())
+    assert batch is not None and len(batch) == 0 and status["messages"] == 0

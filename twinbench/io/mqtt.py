@@ -14,7 +14,8 @@ source subscribes again; ``status`` shows ``connected``, ``disconnected_since``,
 and ``reconnects``. The outage shows in the data too: on reconnect the source queues a gap marker
 (:meth:`~twinbench.io.batch.Batch.gap`: one NaN sample per tag, quality ``GAP``, at the time the
 connection was lost) before any message of the new connection. Messages published meanwhile are
-lost (clean session). Not done yet: TLS (``mqtts://``) and authentication.
+lost, unless ``persistent=True``: then the broker keeps the session and delivers the QoS 1/2
+messages it queued for the twin (after the marker). Not done yet: TLS (``mqtts://``) and authentication.
 
 Examples
 --------
@@ -41,9 +42,10 @@ from twinbench.io.batch import Batch
 from twinbench.io.decode import Decoder, get_decoder
 from twinbench.io.tags import MqttAddress, TagMap, tag_map
 
-__all__ = ["OVERFLOW_POLICIES", "MqttSource", "mqtt_source"]
+__all__ = ["OVERFLOW_POLICIES", "PROTOCOLS", "MqttSource", "mqtt_source", "stable_client_id"]
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block")
+PROTOCOLS = ("3.1.1", "5")
 
 _logger = logging.getLogger("twinbench.io.mqtt")
 
@@ -51,7 +53,8 @@ _logger = logging.getLogger("twinbench.io.mqtt")
 def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = None,
                 decoder: str | Decoder = "json", queue_size: int = 100_000,
                 overflow: str = "drop_oldest", connect_timeout: float = 5.0,
-                max_batch: int = 10_000, **decoder_options: Any) -> MqttSource:
+                max_batch: int = 10_000, persistent: bool = False, protocol: str = "3.1.1",
+                session_expiry: float = 3600.0, **decoder_options: Any) -> MqttSource:
     """Create an MQTT source (not yet connected: call ``await source.start()``).
 
     Parameters
@@ -63,7 +66,10 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
     qos : {0, 1, 2}, default 1
         Subscription QoS.
     client_id : str, optional
-        MQTT client id; default a random one from the broker (clean session).
+        MQTT client id. Default: a random one from the broker, or with ``persistent=True`` the
+        stable :func:`stable_client_id` of this machine, URL and topics (the broker finds a
+        session by client id). Two twins on one machine subscribing to the same topics of the
+        same broker would share that id and take the session from each other: give each its own.
     decoder : {"json", "numeric"} or Decoder, default "json"
         ``"json"``: every address needs a field path (``topic#field``). ``"numeric"``: every
         address is a bare topic whose payload is a number. A Decoder object is used as given.
@@ -78,6 +84,18 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
         Seconds for connecting, subscribing and disconnecting.
     max_batch : int, default 10000
         Most messages decoded into one batch.
+    persistent : bool, default False
+        Keep the session on the broker across disconnects (3.1.1: ``clean_session=False``;
+        MQTT 5: ``clean_start=False`` plus ``session_expiry``), so QoS 1/2 messages published
+        while the twin is away (network loss, a stopped source, a restarted notebook) are queued
+        by the broker and delivered when a source with the same client id connects again. The
+        broker itself must keep running (or persist its sessions), and it bounds the queue
+        (mosquitto's ``max_queued_messages``, default 1000). QoS 0 messages are not queued.
+    protocol : {"3.1.1", "5"}, default "3.1.1"
+        MQTT protocol version.
+    session_expiry : float, default 3600
+        MQTT 5 with ``persistent=True``: seconds the broker keeps the session after a disconnect
+        (a 3.1.1 persistent session lasts until the broker drops it).
     **decoder_options
         Passed to the decoder class (e.g. ``time_field="ts", time_format="epoch_ms"``).
 
@@ -86,6 +104,10 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
     >>> src = mqtt_source("mqtt://localhost", {"speed": "p1/speed"}, decoder="numeric")
     >>> src.host, src.port, src.tags.names
     ('localhost', 1883, ('speed',))
+    >>> src = mqtt_source("mqtt://localhost", {"speed": "p1/speed"}, decoder="numeric",
+    ...                   persistent=True)
+    >>> src.client_id == stable_client_id("mqtt://localhost", ["p1/speed"]), len(src.client_id)
+    (True, 23)
     >>> mqtt_source("http://localhost", {"speed": "p1/speed"})
     Traceback (most recent call last):
     ...
@@ -107,10 +129,40 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
     if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
             or not 0 < connect_timeout < float("inf"):
         raise ValueError(f"connect_timeout: expected finite seconds > 0, got {connect_timeout!r}")
+    if not isinstance(persistent, bool):
+        raise TypeError(f"persistent: expected True or False, got {persistent!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+    if isinstance(session_expiry, bool) or not isinstance(session_expiry, (int, float)) \
+            or not 0 < session_expiry <= 0xFFFFFFFF:
+        raise ValueError(f"session_expiry: expected seconds in (0, 4294967295], "
+                         f"got {session_expiry!r}")
     dec = _make_decoder(decoder, tm, decoder_options)
+    if persistent and client_id is None:
+        client_id = stable_client_id(url, [tm[name].topic for name in tm.names])
     return MqttSource(url, host, port, tm, dec, qos=qos, client_id=client_id,
                       queue_size=queue_size, overflow=overflow,
-                      connect_timeout=float(connect_timeout), max_batch=max_batch)
+                      connect_timeout=float(connect_timeout), max_batch=max_batch,
+                      persistent=persistent, protocol=protocol,
+                      session_expiry=int(session_expiry))
+
+
+def stable_client_id(url: str, topics: Any) -> str:
+    """A client id that stays the same across restarts: this machine's name, `url`, `topics`.
+
+    23 characters (``tb-`` and 20 hex digits), the longest every MQTT 3.1.1 broker must accept.
+
+    Examples
+    --------
+    >>> a = stable_client_id("mqtt://h:1883", ["b/x", "a/y"])
+    >>> a == stable_client_id("mqtt://h:1883", ["a/y", "b/x"]), a.startswith("tb-"), len(a)
+    (True, True, 23)
+    """
+    import hashlib
+    import socket
+
+    key = "\n".join([socket.gethostname(), url, *sorted(set(topics))])
+    return "tb-" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def _parse_url(url: Any) -> tuple[str, int]:
@@ -164,7 +216,8 @@ class MqttSource:
 
     def __init__(self, url: str, host: str, port: int, tags: TagMap, decoder: Decoder, *,
                  qos: int, client_id: str | None, queue_size: int, overflow: str,
-                 connect_timeout: float, max_batch: int) -> None:
+                 connect_timeout: float, max_batch: int, persistent: bool = False,
+                 protocol: str = "3.1.1", session_expiry: int = 3600) -> None:
         self.url = url
         self.host = host
         self.port = port
@@ -176,6 +229,9 @@ class MqttSource:
         self.overflow = overflow
         self.connect_timeout = connect_timeout
         self.max_batch = max_batch
+        self.persistent = persistent
+        self.protocol = protocol
+        self.session_expiry = session_expiry
         self.topics = tuple(dict.fromkeys(tags[name].topic for name in tags.names))
 
         # Items are (topic, payload, receive_ns); a topic of None is a gap marker (see _GAP).
@@ -226,7 +282,8 @@ class MqttSource:
                         "gaps": self._gaps}
             since = self._gap_since_ns
         down = None if since is None else str(np.datetime64(since, "ns")) + "Z"
-        return {"connected": self._connected, "disconnected_since": down, "url": self.url, "topics": list(self.topics),
+        return {"connected": self._connected, "disconnected_since": down,
+                "persistent": self.persistent, "protocol": self.protocol, "url": self.url, "topics": list(self.topics),
                 "overflow": self.overflow, "queue_size": self.queue_size, **counters,
                 "batches": self._batches, "decode": self.decoder.stats.as_dict()}
 
@@ -322,7 +379,7 @@ class MqttSource:
         """
         if self._running:
             return
-        from paho.mqtt.client import CallbackAPIVersion, Client
+        from paho.mqtt.client import CallbackAPIVersion, Client, MQTTProtocolVersion
 
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -354,8 +411,21 @@ class MqttSource:
             except Exception:  # noqa: BLE001
                 self._handler_error("on_subscribe")
 
-        client = Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
-                        clean_session=True)
+        connect_args: dict[str, Any] = {}
+        if self.protocol == "5":
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            client = Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
+                            protocol=MQTTProtocolVersion.MQTTv5)
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry if self.persistent else 0
+            # paho reuses clean_start for its own reconnects: a persistent session is resumed.
+            connect_args = {"clean_start": not self.persistent, "properties": props}
+        else:
+            client = Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
+                            clean_session=not self.persistent,
+                            protocol=MQTTProtocolVersion.MQTTv311)
         client.connect_timeout = self.connect_timeout
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
@@ -364,8 +434,9 @@ class MqttSource:
         self._client = client
         self._running = True
         try:
-            await asyncio.wait_for(asyncio.to_thread(client.connect, self.host, self.port, 30),
-                                   self.connect_timeout)
+            await asyncio.wait_for(
+                asyncio.to_thread(client.connect, self.host, self.port, 30, **connect_args),
+                self.connect_timeout)
             client.loop_start()
             reason = await asyncio.wait_for(connected, self.connect_timeout)
             if reason.is_failure:
