@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from twinbench.io.batch import Batch, Quality, concat
-from twinbench.io.mqtt import MqttSource, mqtt_source
+from twinbench.io.mqtt import MqttSource, WriteRejected, mqtt_source
 from twinbench.io.tags import tag_map
 
 TOPIC = "plant/pump1/telemetry"
@@ -464,3 +464,162 @@ def test_clean_session_loses_messages_published_while_away(mosquitto: str) -> No
 
     batch, status = asyncio.run(main())
     assert batch is not None and len(batch) == 0 and status["messages"] == 0
+
+
+CMD, ACK = "plant/pump1/cmd", "plant/pump1/ack"
+
+
+@contextmanager
+def responder(url: str, answer: Callable[[dict], dict | None]) -> Iterator[list[dict]]:
+    """Equipment stand-in: receives commands on CMD, publishes `answer(command)` to ACK.
+
+    Yields the list of commands received. `answer` returning None means: stay silent.
+    """
+    import threading
+
+    from paho.mqtt.client import CallbackAPIVersion, Client
+
+    parts = urllib.parse.urlsplit(url)
+    received: list[dict] = []
+    subscribed = threading.Event()
+    client = Client(CallbackAPIVersion.VERSION2)
+
+    def on_message(client, userdata, message) -> None:
+        command = json.loads(message.payload)
+        received.append(command)
+        reply = answer(command)
+        if reply is not None:
+            client.publish(ACK, json.dumps({"id": command["id"], **reply}), qos=1)
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect(parts.hostname, parts.port)
+    client.loop_start()
+    try:
+        client.subscribe(CMD, qos=1)
+        assert subscribed.wait(10), "responder did not subscribe"
+        yield received
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def range_checked(command: dict) -> dict | None:
+    if command["tag"] == "mute":
+        return None
+    if command["value"] > 3000:
+        return {"ok": False, "error": "out of range"}
+    return {"ok": True}
+
+
+def test_write_with_acknowledgement(mosquitto: str) -> None:
+    async def main() -> tuple[dict, dict, list[dict], dict]:
+        source = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"}, command_topic=CMD,
+                             ack_topic=ACK)
+        await source.start()
+        try:
+            with responder(mosquitto, range_checked) as received:
+                one = await source.write("speed", 1450, timeout=5)
+                many = await source.write({"speed": 90.5, "run": True}, timeout=5)
+                # Telemetry still flows next to the command path; acks are not telemetry.
+                with publisher(mosquitto) as publish:
+                    publish(TOPIC, b'{"temperature": 5.0}')
+                data = await collect(source, lambda b: len(b) == 1)
+                assert data.value.tolist() == [5.0]
+                return one, many, list(received), source.status
+        finally:
+            await source.stop()
+
+    one, many, received, status = asyncio.run(main())
+    assert [(c["tag"], c["value"]) for c in received] == [("speed", 1450), ("speed", 90.5),
+                                                           ("run", True)]
+    assert [c["id"] for c in received] == [one["speed"], many["speed"], many["run"]]
+    assert len({c["id"] for c in received}) == 3
+    assert status["commands"] == 3 and status["acks"] == 3 and status["messages"] == 1
+
+
+def test_write_rejected_names_tag_and_error(mosquitto: str) -> None:
+    async def main() -> None:
+        source = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"}, command_topic=CMD,
+                             ack_topic=ACK)
+        await source.start()
+        try:
+            with responder(mosquitto, range_checked):
+                with pytest.raises(WriteRejected, match="speed: out of range") as info:
+                    await source.write({"speed": 5000, "flow": 3}, timeout=5)
+                assert info.value.rejected == {"speed": "out of range"}
+        finally:
+            await source.stop()
+
+    asyncio.run(main())
+
+
+def test_write_without_ack_times_out_naming_ack_topic(mosquitto: str) -> None:
+    async def main() -> float:
+        source = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"}, command_topic=CMD,
+                             ack_topic=ACK)
+        await source.start()
+        try:
+            with responder(mosquitto, range_checked) as received:
+                began = time.monotonic()
+                with pytest.raises(TimeoutError, match=f"{ACK}.*'mute'"):
+                    await source.write("mute", 1, timeout=0.5)
+                elapsed = time.monotonic() - began
+                assert [c["tag"] for c in received] == ["mute"]  # sent, never answered
+            return elapsed
+        finally:
+            await source.stop()
+
+    assert asyncio.run(main()) < 2.0
+
+
+def test_write_without_ack_topic_waits_for_puback(mosquitto: str) -> None:
+    source = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"}, command_topic=CMD)
+    with responder(mosquitto, lambda command: None) as received:
+        source.start_sync()
+        try:
+            ids = source.write_sync("speed", np.float64(12.5))
+            deadline = time.monotonic() + 10
+            while not received:  # the PUBACK is the broker's; the responder gets it a bit later
+                assert time.monotonic() < deadline, "command not delivered"
+                source.read_sync(timeout=0.05)
+        finally:
+            source.stop_sync()
+    assert received == [{"tag": "speed", "value": 12.5, "id": ids["speed"]}]
+
+
+def test_write_errors_name_the_problem(mosquitto: str) -> None:
+    async def main() -> None:
+        plain = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"})
+        with pytest.raises(RuntimeError, match="command_topic"):
+            await plain.write("speed", 1)
+        source = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"}, command_topic=CMD)
+        with pytest.raises(RuntimeError, match="start"):
+            await source.write("speed", 1)
+        await source.start()
+        try:
+            for args, error, match in [(("speed",), ValueError, "value"),
+                                       (("speed", float("nan")), ValueError, "finite"),
+                                       (("speed", [1]), TypeError, "value"),
+                                       (({},), ValueError, "at least one"),
+                                       ((3, 1), TypeError, "tag_or_mapping")]:
+                with pytest.raises(error, match=match):
+                    await source.write(*args)
+            with pytest.raises(ValueError, match="timeout"):
+                await source.write("speed", 1, timeout=0)
+            assert source.status["commands"] == 0
+        finally:
+            await source.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ack_topic": ACK}, "needs a command_topic"),
+    ({"command_topic": "plant/+/cmd"}, "command_topic"),
+    ({"command_topic": CMD, "ack_topic": TOPIC}, "telemetry topic"),
+    ({"command_topic": CMD, "write_timeout": -1}, "write_timeout"),
+])
+def test_write_options_validated(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        mqtt_source("mqtt://127.0.0.1:1883", {"temp": f"{TOPIC}#temperature"}, **kwargs)

@@ -15,7 +15,10 @@ and ``reconnects``. The outage shows in the data too: on reconnect the source qu
 (:meth:`~twinbench.io.batch.Batch.gap`: one NaN sample per tag, quality ``GAP``, at the time the
 connection was lost) before any message of the new connection. Messages published meanwhile are
 lost, unless ``persistent=True``: then the broker keeps the session and delivers the QoS 1/2
-messages it queued for the twin (after the marker). Not done yet: TLS (``mqtts://``) and authentication.
+messages it queued for the twin (after the marker).
+
+:meth:`MqttSource.write` publishes commands to a ``command_topic`` and, with an ``ack_topic``,
+waits (bounded) for the equipment's acknowledgements. Not done yet: TLS (``mqtts://``) and authentication.
 
 Examples
 --------
@@ -42,7 +45,8 @@ from twinbench.io.batch import Batch
 from twinbench.io.decode import Decoder, get_decoder
 from twinbench.io.tags import MqttAddress, TagMap, tag_map
 
-__all__ = ["OVERFLOW_POLICIES", "PROTOCOLS", "MqttSource", "mqtt_source", "stable_client_id"]
+__all__ = ["OVERFLOW_POLICIES", "PROTOCOLS", "MqttSource", "WriteRejected", "mqtt_source",
+           "stable_client_id"]
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block")
 PROTOCOLS = ("3.1.1", "5")
@@ -50,11 +54,35 @@ PROTOCOLS = ("3.1.1", "5")
 _logger = logging.getLogger("twinbench.io.mqtt")
 
 
+class WriteRejected(Exception):
+    """The equipment acknowledged a write with ``ok: false``.
+
+    Attributes
+    ----------
+    rejected : dict of str to str
+        Tag name to the error text of its acknowledgement.
+
+    Examples
+    --------
+    >>> raise WriteRejected({"speed": "out of range"})
+    Traceback (most recent call last):
+    ...
+    twinbench.io.mqtt.WriteRejected: write rejected: speed: out of range
+    """
+
+    def __init__(self, rejected: Mapping[str, str]) -> None:
+        self.rejected = dict(rejected)
+        detail = "; ".join(f"{tag}: {error}" for tag, error in self.rejected.items())
+        super().__init__(f"write rejected: {detail}")
+
+
 def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = None,
                 decoder: str | Decoder = "json", queue_size: int = 100_000,
                 overflow: str = "drop_oldest", connect_timeout: float = 5.0,
                 max_batch: int = 10_000, persistent: bool = False, protocol: str = "3.1.1",
-                session_expiry: float = 3600.0, **decoder_options: Any) -> MqttSource:
+                session_expiry: float = 3600.0, command_topic: str | None = None,
+                ack_topic: str | None = None, write_timeout: float = 5.0,
+                **decoder_options: Any) -> MqttSource:
     """Create an MQTT source (not yet connected: call ``await source.start()``).
 
     Parameters
@@ -96,6 +124,15 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
     session_expiry : float, default 3600
         MQTT 5 with ``persistent=True``: seconds the broker keeps the session after a disconnect
         (a 3.1.1 persistent session lasts until the broker drops it).
+    command_topic : str, optional
+        Where :meth:`MqttSource.write` publishes commands (QoS 1), one JSON message per tag:
+        ``{"tag": name, "value": v, "id": "<uuid hex>"}``. Without it the source cannot write.
+    ack_topic : str, optional
+        Where the equipment answers ``{"id": ..., "ok": true|false, "error": "..."}``; when set,
+        a write waits for the acknowledgement of every command it sent. Without it a write
+        waits only for the broker's PUBACK. Must not be one of the telemetry topics.
+    write_timeout : float, default 5.0
+        Default seconds a write waits (for the acknowledgement or the PUBACK).
     **decoder_options
         Passed to the decoder class (e.g. ``time_field="ts", time_format="epoch_ms"``).
 
@@ -137,6 +174,15 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
             or not 0 < session_expiry <= 0xFFFFFFFF:
         raise ValueError(f"session_expiry: expected seconds in (0, 4294967295], "
                          f"got {session_expiry!r}")
+    for name, topic in (("command_topic", command_topic), ("ack_topic", ack_topic)):
+        if topic is not None and (not isinstance(topic, str) or not topic
+                                  or "+" in topic or "#" in topic):
+            raise ValueError(f"{name}: expected a topic without wildcards, got {topic!r}")
+    if ack_topic is not None and command_topic is None:
+        raise ValueError("ack_topic: needs a command_topic to acknowledge")
+    if ack_topic is not None and ack_topic in {tm[name].topic for name in tm.names}:
+        raise ValueError(f"ack_topic: {ack_topic!r} is also a telemetry topic of the tags")
+    write_timeout = _check_timeout(write_timeout, "write_timeout")
     dec = _make_decoder(decoder, tm, decoder_options)
     if persistent and client_id is None:
         client_id = stable_client_id(url, [tm[name].topic for name in tm.names])
@@ -144,7 +190,15 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
                       queue_size=queue_size, overflow=overflow,
                       connect_timeout=float(connect_timeout), max_batch=max_batch,
                       persistent=persistent, protocol=protocol,
-                      session_expiry=int(session_expiry))
+                      session_expiry=int(session_expiry), command_topic=command_topic,
+                      ack_topic=ack_topic, write_timeout=write_timeout)
+
+
+def _check_timeout(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 < value < float("inf"):
+        raise ValueError(f"{name}: expected finite seconds > 0, got {value!r}")
+    return float(value)
 
 
 def stable_client_id(url: str, topics: Any) -> str:
@@ -217,7 +271,9 @@ class MqttSource:
     def __init__(self, url: str, host: str, port: int, tags: TagMap, decoder: Decoder, *,
                  qos: int, client_id: str | None, queue_size: int, overflow: str,
                  connect_timeout: float, max_batch: int, persistent: bool = False,
-                 protocol: str = "3.1.1", session_expiry: int = 3600) -> None:
+                 protocol: str = "3.1.1", session_expiry: int = 3600,
+                 command_topic: str | None = None, ack_topic: str | None = None,
+                 write_timeout: float = 5.0) -> None:
         self.url = url
         self.host = host
         self.port = port
@@ -232,6 +288,14 @@ class MqttSource:
         self.persistent = persistent
         self.protocol = protocol
         self.session_expiry = session_expiry
+        self.command_topic = command_topic
+        self.ack_topic = ack_topic
+        self.write_timeout = write_timeout
+        # Command id -> (loop, future) of writes waiting for their acknowledgement.
+        self._pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+        self._acks = 0
+        self._acks_invalid = 0
+        self._commands = 0
         self.topics = tuple(dict.fromkeys(tags[name].topic for name in tags.names))
 
         # Items are (topic, payload, receive_ns); a topic of None is a gap marker (see _GAP).
@@ -279,7 +343,8 @@ class MqttSource:
             counters = {"messages": self._messages, "queued": len(self._buffer),
                         "dropped_overflow": self._dropped, "handler_errors": self._handler_errors,
                         "disconnects": self._disconnects, "reconnects": self._reconnects,
-                        "gaps": self._gaps}
+                        "gaps": self._gaps, "commands": self._commands, "acks": self._acks,
+                        "acks_invalid": self._acks_invalid}
             since = self._gap_since_ns
         down = None if since is None else str(np.datetime64(since, "ns")) + "Z"
         return {"connected": self._connected, "disconnected_since": down,
@@ -297,6 +362,9 @@ class MqttSource:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         try:
+            if self.ack_topic is not None and message.topic == self.ack_topic:
+                self._on_ack(message.payload)
+                return
             item = (message.topic, message.payload, time.time_ns())
             wake = False
             with self._cond:
@@ -325,6 +393,26 @@ class MqttSource:
                 self._wake()
         except Exception:  # noqa: BLE001 - never raise into paho's network thread
             self._handler_error("on_message")
+
+    def _on_ack(self, payload: bytes) -> None:
+        import json
+
+        try:
+            ack = json.loads(payload)
+            command_id = ack["id"]
+            valid = isinstance(ack, dict) and isinstance(command_id, str) \
+                and isinstance(ack.get("ok"), bool)
+        except (ValueError, TypeError, KeyError):
+            valid = False
+        with self._cond:
+            if not valid:
+                self._acks_invalid += 1
+                return
+            self._acks += 1
+            waiter = self._pending.get(command_id)
+        if waiter is not None:  # acks for other twins' commands share the topic: ignored
+            loop, fut = waiter
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(ack))
 
     def _wake(self) -> None:
         loop, ready = self._loop, self._ready
@@ -399,7 +487,7 @@ class MqttSource:
                     self._connected = True
                     if connected.done():  # a reconnect: subscriptions are gone with a clean session
                         self._queue_gap()
-                        client.subscribe([(t, self.qos) for t in self.topics])
+                        client.subscribe(self._subscriptions())
                 loop.call_soon_threadsafe(settle, connected, reason)
             except Exception:  # noqa: BLE001
                 self._handler_error("on_connect")
@@ -441,11 +529,12 @@ class MqttSource:
             reason = await asyncio.wait_for(connected, self.connect_timeout)
             if reason.is_failure:
                 raise ConnectionError(f"MQTT broker at {self.url} refused the connection: {reason}")
-            result, mid = client.subscribe([(t, self.qos) for t in self.topics])
+            result, mid = client.subscribe(self._subscriptions())
             if result != 0:
                 raise ConnectionError(f"MQTT broker at {self.url}: subscribe failed (rc {result})")
             _, reasons = await asyncio.wait_for(subscribed, self.connect_timeout)
-            refused = [t for t, r in zip(self.topics, reasons, strict=False) if r.is_failure]
+            refused = [t for (t, _), r in zip(self._subscriptions(), reasons, strict=False)
+                       if r.is_failure]
             if refused:
                 raise ConnectionError(f"MQTT broker at {self.url} refused subscriptions {refused}")
         except BaseException as exc:
@@ -457,6 +546,98 @@ class MqttSource:
                 raise ConnectionError(f"cannot connect to MQTT broker at {self.url} within "
                                       f"{self.connect_timeout:g} s: {what}") from exc
             raise
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        subs = [(t, self.qos) for t in self.topics]
+        if self.ack_topic is not None:
+            subs.append((self.ack_topic, 1))
+        return subs
+
+    async def write(self, tag_or_mapping: str | Mapping[str, Any], value: Any = None, *,
+                    timeout: float | None = None) -> dict[str, str]:
+        """Publish a command per tag to ``command_topic``; wait for the acknowledgements.
+
+        Parameters
+        ----------
+        tag_or_mapping : str or mapping of str to value
+            One tag name (with `value`) or ``{tag: value}`` for several; each becomes one JSON
+            message ``{"tag": ..., "value": ..., "id": ...}`` published with QoS 1.
+        value : bool, int, float or str
+            The value for a single tag (finite numbers only: JSON has no NaN).
+        timeout : float, optional
+            Seconds to wait in all; default ``write_timeout``. With an ``ack_topic`` the wait is
+            for every acknowledgement, otherwise for the broker's PUBACKs.
+
+        Returns
+        -------
+        dict of str to str
+            Tag name to the command id sent.
+
+        Raises
+        ------
+        WriteRejected
+            An acknowledgement said ``ok: false`` (names each rejected tag and its error).
+        TimeoutError
+            No acknowledgement (or PUBACK) within `timeout`; names the topic waited on.
+        RuntimeError
+            The source has no ``command_topic`` or is not started.
+        """
+        if self.command_topic is None:
+            raise RuntimeError(f"MqttSource {self.url}: writing needs the command_topic option "
+                               f"of mqtt_source()")
+        commands = _write_items(tag_or_mapping, value)
+        timeout = self.write_timeout if timeout is None else _check_timeout(timeout, "timeout")
+        client = self._client
+        if client is None or not self._running:
+            raise RuntimeError(f"MqttSource {self.url}: call start() before writing")
+        return await self._write(client, commands, timeout)
+
+    async def _write(self, client: Any, commands: list[tuple[str, Any]],
+                     timeout: float) -> dict[str, str]:
+        import json
+        import uuid
+
+        loop = asyncio.get_running_loop()
+        ids = {tag: uuid.uuid4().hex for tag, _ in commands}
+        waits: dict[str, asyncio.Future[Any]] = {}
+        infos = []
+        try:
+            for tag, val in commands:
+                if self.ack_topic is not None:  # registered first: the ack may beat publish()
+                    waits[tag] = fut = loop.create_future()
+                    with self._cond:
+                        self._pending[ids[tag]] = (loop, fut)
+                payload = json.dumps({"tag": tag, "value": val, "id": ids[tag]})
+                infos.append(client.publish(self.command_topic, payload, qos=1))
+                with self._cond:
+                    self._commands += 1
+            if self.ack_topic is None:
+                deadline = time.monotonic() + timeout
+                for info in infos:
+                    left = max(deadline - time.monotonic(), 0.0)
+                    try:
+                        await asyncio.to_thread(info.wait_for_publish, left)
+                    except (RuntimeError, ValueError):  # paho: not connected / queue full
+                        pass
+                    if not info.is_published():
+                        raise TimeoutError(f"MqttSource {self.url}: the broker did not accept "
+                                           f"the command on {self.command_topic!r} within "
+                                           f"{timeout:g} s")
+                return ids
+            done, _ = await asyncio.wait(waits.values(), timeout=timeout)
+            missing = [tag for tag, fut in waits.items() if fut not in done]
+            if missing:
+                raise TimeoutError(f"MqttSource {self.url}: no acknowledgement on "
+                                   f"{self.ack_topic!r} within {timeout:g} s for {missing}")
+            rejected = {tag: str(fut.result().get("error") or "rejected")
+                        for tag, fut in waits.items() if not fut.result()["ok"]}
+            if rejected:
+                raise WriteRejected(rejected)
+            return ids
+        finally:
+            with self._cond:
+                for command_id in ids.values():
+                    self._pending.pop(command_id, None)
 
     async def stop(self) -> None:
         """Disconnect and stop paho's thread (bounded by ``connect_timeout``); idempotent.
@@ -572,6 +753,13 @@ class MqttSource:
         """:meth:`read` from synchronous code: the next batch, empty after `timeout` s."""
         return self._run_sync(self.read(timeout), timeout + self.connect_timeout)
 
+    def write_sync(self, tag_or_mapping: str | Mapping[str, Any], value: Any = None, *,
+                   timeout: float | None = None) -> dict[str, str]:
+        """:meth:`write` from synchronous code (after :meth:`start_sync`)."""
+        wait = self.write_timeout if timeout is None else _check_timeout(timeout, "timeout")
+        return self._run_sync(self.write(tag_or_mapping, value, timeout=timeout),
+                              wait + self.connect_timeout)
+
     def stop_sync(self) -> None:
         """:meth:`stop` from synchronous code, then end the private loop thread."""
         if self._sync_loop is None:
@@ -586,3 +774,32 @@ class MqttSource:
                 thread.join(self.connect_timeout)
             if not loop.is_running():
                 loop.close()
+
+
+def _write_items(tag_or_mapping: Any, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(tag_or_mapping, str):
+        if value is None:
+            raise ValueError(f"value: expected a value to write to {tag_or_mapping!r}, got None")
+        items = [(tag_or_mapping, value)]
+    elif isinstance(tag_or_mapping, Mapping):
+        if value is not None:
+            raise ValueError("value: give either a tag and a value or a mapping, not both")
+        items = list(tag_or_mapping.items())
+        if not items:
+            raise ValueError("tag_or_mapping: expected at least one tag to write")
+    else:
+        raise TypeError(f"tag_or_mapping: expected a tag name or a mapping of tag to value, "
+                        f"got {type(tag_or_mapping).__name__}")
+    out = []
+    for tag, val in items:
+        if not isinstance(tag, str) or not tag:
+            raise TypeError(f"tag_or_mapping: expected non-empty tag names, got {tag!r}")
+        if isinstance(val, np.generic):
+            val = val.item()
+        if not isinstance(val, (bool, int, float, str)):
+            raise TypeError(f"value: expected bool, int, float or str for {tag!r}, "
+                            f"got {type(val).__name__}")
+        if isinstance(val, float) and not np.isfinite(val):
+            raise ValueError(f"value: expected a finite number for {tag!r}, got {val!r}")
+        out.append((tag, val))
+    return out
