@@ -623,3 +623,26 @@ def test_write_errors_name_the_problem(mosquitto: str) -> None:
 def test_write_options_validated(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         mqtt_source("mqtt://127.0.0.1:1883", {"temp": f"{TOPIC}#temperature"}, **kwargs)
+
+
+def test_malformed_and_foreign_acks_counted_not_raised(mosquitto: str) -> None:
+    async def main() -> dict:
+        source = mqtt_source(mosquitto, {"temp": f"{TOPIC}#temperature"}, command_topic=CMD,
+                             ack_topic=ACK)
+        await source.start()
+        try:
+            with publisher(mosquitto) as publish:
+                publish(ACK, b"not json")
+                publish(ACK, b'{"id": 7, "ok": true}')
+                publish(ACK, b'{"id": "someone-else", "ok": false, "error": "x"}')
+            await wait_until(lambda: source.status["acks_invalid"] == 2
+                             and source.status["acks"] == 1, 10, "acks counted")
+            with responder(mosquitto, range_checked):
+                await source.write("speed", 10, timeout=5)  # still works
+            return source.status
+        finally:
+            await source.stop()
+
+    status = asyncio.run(main())
+    assert status["acks"] == 2 and status["acks_invalid"] == 2
+    assert status["messages"] == 0 and status["handler_errors"] == 0
