@@ -646,3 +646,33 @@ def test_malformed_and_foreign_acks_counted_not_raised(mosquitto: str) -> None:
     status = asyncio.run(main())
     assert status["acks"] == 2 and status["acks_invalid"] == 2
     assert status["messages"] == 0 and status["handler_errors"] == 0
+
+
+def test_persistent_session_survives_dropped_connection_with_gap_marker(mosquitto: str) -> None:
+    # The network goes, the broker stays: paho's socket is cut without a DISCONNECT packet.
+    import socket
+
+    n = 300
+
+    async def main() -> tuple[Batch, dict]:
+        source = mqtt_source(mosquitto, {"seq": f"{TOPIC}#seq"}, persistent=True,
+                             client_id="twin-dropped")
+        await source.start()
+        try:
+            source._client.socket().shutdown(socket.SHUT_RDWR)
+            await wait_until(lambda: not source.status["connected"], 10, "drop seen")
+            with publisher(mosquitto) as publish:
+                for k in range(n):
+                    publish(TOPIC, b'{"seq": %d}' % k)
+            data = await collect(source, lambda b: (b.quality != Quality.GAP).sum() >= n,
+                                 timeout=20.0)  # paho reconnects after its 1 s backoff
+            return data, source.status
+        finally:
+            await source.stop()
+
+    data, status = asyncio.run(main())
+    assert status["reconnects"] == 1 and status["gaps"] == 1
+    assert data.quality[0] == Quality.GAP and np.isnan(data.value[0])  # the marker comes first
+    seq = data.value[1:].astype(int)
+    assert (data.quality[1:] == Quality.GOOD).all()
+    assert len(seq) == n and np.array_equal(np.sort(seq), np.arange(n))
