@@ -85,3 +85,87 @@ def mosquitto_broker(tmp_path: Path) -> Iterator[Broker]:
 def mosquitto(mosquitto_broker: Broker) -> str:
     """A mosquitto broker for this test; its URL ``mqtt://127.0.0.1:<port>``."""
     return mosquitto_broker.url
+
+
+OPENSSL = shutil.which("openssl")
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    assert OPENSSL is not None
+    result = subprocess.run([OPENSSL, *args], cwd=cwd, capture_output=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {result.stderr.decode()}")
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA in `directory`: (certificate, key) PEM files named after `name`."""
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+             "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    return cert, key
+
+
+def make_server_cert(directory: Path, ca: tuple[Path, Path], name: str = "server") -> tuple[Path, Path]:
+    """A server certificate for 127.0.0.1 and localhost signed by `ca`: (certificate, key)."""
+    cert, key, csr = (directory / f"{name}.crt", directory / f"{name}.key",
+                      directory / f"{name}.csr")
+    ext = directory / f"{name}.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                   "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost", cwd=directory)
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+             "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext),
+             cwd=directory)
+    return cert, key
+
+
+class TlsBroker(Broker):
+    """A mosquitto with one TLS listener and a password file, anonymous clients refused.
+
+    ``url`` is ``mqtts://127.0.0.1:<port>``; ``ca_file`` the CA that signed the server
+    certificate; ``username``/``password`` the one account.
+    """
+
+    username = "twin"
+    password = "Pw-for-tls-test-7f3a9c"
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.url = f"mqtts://127.0.0.1:{self.port}"
+        certs = tmp_path / "certs"
+        certs.mkdir()
+        self.ca_file, _ = ca = make_ca(certs, "twinbench-test-ca")
+        server_cert, server_key = make_server_cert(certs, ca)
+        passwords = tmp_path / "passwd"
+        result = subprocess.run([MOSQUITTO_PASSWD, "-b", "-c", str(passwords), self.username,
+                                 self.password], capture_output=True, timeout=30)
+        if result.returncode != 0:
+            raise RuntimeError(f"mosquitto_passwd failed: {result.stderr.decode()}")
+        # Run as root when started as root: the dropped-to user could not read tmp_path.
+        self.config.write_text(
+            f"user root\nper_listener_settings false\nallow_anonymous false\n"
+            f"password_file {passwords}\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\ncafile {self.ca_file}\n"
+            f"certfile {server_cert}\nkeyfile {server_key}\n")
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[TlsBroker]:
+    """A running mosquitto with TLS and a password file (a :class:`TlsBroker`)."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"mosquitto broker binary not found ({MOSQUITTO}); install mosquitto")
+    if OPENSSL is None:
+        pytest.skip("openssl command not found; needed to make test certificates")
+    if not Path(MOSQUITTO_PASSWD).exists():
+        pytest.skip(f"mosquitto_passwd not found ({MOSQUITTO_PASSWD}); install mosquitto")
+    broker = TlsBroker(tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

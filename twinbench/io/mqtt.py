@@ -18,7 +18,15 @@ lost, unless ``persistent=True``: then the broker keeps the session and delivers
 messages it queued for the twin (after the marker).
 
 :meth:`MqttSource.write` publishes commands to a ``command_topic`` and, with an ``ack_topic``,
-waits (bounded) for the equipment's acknowledgements. Not done yet: TLS (``mqtts://``) and authentication.
+waits (bounded) for the equipment's acknowledgements.
+
+``mqtts://host:port`` (default port 8883) connects over TLS, verifying the broker's certificate
+against ``ca_file`` (default: the system trust store) and its host name. ``username`` and
+``password`` come from the arguments, else from the environment variables
+``TWINBENCH_MQTT_USERNAME`` and ``TWINBENCH_MQTT_PASSWORD``, else (password only, when the optional
+``keyring`` package is installed) from the keyring entry ``service="twinbench-mqtt"``,
+``username="<user>@<host>:<port>"``. The password is kept in a private attribute and never shown
+in ``status``, ``repr``, exception messages or log lines.
 
 Examples
 --------
@@ -33,6 +41,8 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import os
+import ssl
 import threading
 import time
 import urllib.parse
@@ -45,11 +55,14 @@ from twinbench.io.batch import Batch
 from twinbench.io.decode import Decoder, get_decoder
 from twinbench.io.tags import MqttAddress, TagMap, tag_map
 
-__all__ = ["OVERFLOW_POLICIES", "PROTOCOLS", "MqttSource", "WriteRejected", "mqtt_source",
-           "stable_client_id"]
+__all__ = ["ENV_PASSWORD", "ENV_USERNAME", "KEYRING_SERVICE", "OVERFLOW_POLICIES", "PROTOCOLS",
+           "MqttSource", "WriteRejected", "mqtt_source", "stable_client_id"]
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block")
 PROTOCOLS = ("3.1.1", "5")
+ENV_USERNAME = "TWINBENCH_MQTT_USERNAME"
+ENV_PASSWORD = "TWINBENCH_MQTT_PASSWORD"
+KEYRING_SERVICE = "twinbench-mqtt"
 
 _logger = logging.getLogger("twinbench.io.mqtt")
 
@@ -82,13 +95,18 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
                 max_batch: int = 10_000, persistent: bool = False, protocol: str = "3.1.1",
                 session_expiry: float = 3600.0, command_topic: str | None = None,
                 ack_topic: str | None = None, write_timeout: float = 5.0,
+                username: str | None = None, password: str | None = None,
+                ca_file: str | os.PathLike[str] | None = None,
+                certfile: str | os.PathLike[str] | None = None,
+                keyfile: str | os.PathLike[str] | None = None, tls_insecure: bool = False,
                 **decoder_options: Any) -> MqttSource:
     """Create an MQTT source (not yet connected: call ``await source.start()``).
 
     Parameters
     ----------
     url : str
-        ``mqtt://host:port`` (port default 1883).
+        ``mqtt://host:port`` (port default 1883) or ``mqtts://host:port`` for TLS (port default
+        8883). Credentials in the URL are refused: use `username` and `password`.
     tags : TagMap or anything :func:`~twinbench.io.tags.tag_map` accepts
         MQTT addresses; their order is the tag index of the batches.
     qos : {0, 1, 2}, default 1
@@ -133,6 +151,20 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
         waits only for the broker's PUBACK. Must not be one of the telemetry topics.
     write_timeout : float, default 5.0
         Default seconds a write waits (for the acknowledgement or the PUBACK).
+    username : str, optional
+        Default: the environment variable ``TWINBENCH_MQTT_USERNAME`` (none: anonymous).
+    password : str, optional
+        Default: ``TWINBENCH_MQTT_PASSWORD``, else the keyring entry (service ``twinbench-mqtt``,
+        user ``<username>@<host>:<port>``) if the ``keyring`` package is installed. Never shown
+        in ``status``, ``repr``, errors or logs. Needs a username.
+    ca_file : path, optional
+        ``mqtts://`` only: PEM file of the CAs trusted to sign the broker's certificate.
+        Default: the system trust store. Verification cannot be switched off.
+    certfile, keyfile : path, optional
+        ``mqtts://`` only: client certificate (PEM) and its key (default: in `certfile`).
+    tls_insecure : bool, default False
+        ``mqtts://`` only: skip the check that the certificate names the host (the chain is
+        still verified). For brokers reached by an address their certificate does not list.
     **decoder_options
         Passed to the decoder class (e.g. ``time_field="ts", time_format="epoch_ms"``).
 
@@ -145,12 +177,16 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
     ...                   persistent=True)
     >>> src.client_id == stable_client_id("mqtt://localhost", ["p1/speed"]), len(src.client_id)
     (True, 23)
+    >>> src = mqtt_source("mqtts://broker.example", {"speed": "p1/speed"}, decoder="numeric",
+    ...                   username="twin", password="s3cret")
+    >>> src.port, src.tls, src.status["username"], "s3cret" in repr(src) + str(src.status)
+    (8883, True, 'twin', False)
     >>> mqtt_source("http://localhost", {"speed": "p1/speed"})
     Traceback (most recent call last):
     ...
-    ValueError: url: expected 'mqtt://host:port', got 'http://localhost'
+    ValueError: url: expected 'mqtt://host:port' or 'mqtts://host:port', got 'http://localhost'
     """
-    host, port = _parse_url(url)
+    host, port, tls = _parse_url(url)
     tm = tag_map(tags, scheme="mqtt")
     if len(tm) == 0:
         raise ValueError("tags: expected at least one MQTT tag")
@@ -183,6 +219,8 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
     if ack_topic is not None and ack_topic in {tm[name].topic for name in tm.names}:
         raise ValueError(f"ack_topic: {ack_topic!r} is also a telemetry topic of the tags")
     write_timeout = _check_timeout(write_timeout, "write_timeout")
+    username, password = _credentials(username, password, host, port)
+    tls_options = _tls_options(tls, ca_file, certfile, keyfile, tls_insecure)
     dec = _make_decoder(decoder, tm, decoder_options)
     if persistent and client_id is None:
         client_id = stable_client_id(url, [tm[name].topic for name in tm.names])
@@ -191,7 +229,74 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
                       connect_timeout=float(connect_timeout), max_batch=max_batch,
                       persistent=persistent, protocol=protocol,
                       session_expiry=int(session_expiry), command_topic=command_topic,
-                      ack_topic=ack_topic, write_timeout=write_timeout)
+                      ack_topic=ack_topic, write_timeout=write_timeout, username=username,
+                      password=password, tls=tls_options)
+
+
+def _credentials(username: Any, password: Any, host: str,
+                 port: int) -> tuple[str | None, str | None]:
+    if username is None:
+        username = os.environ.get(ENV_USERNAME) or None
+    elif not isinstance(username, str) or not username:
+        raise TypeError(f"username: expected a non-empty str or None, got "
+                        f"{type(username).__name__}")
+    if password is None:
+        password = os.environ.get(ENV_PASSWORD) or None
+        if password is None and username is not None:
+            password = _keyring_password(username, host, port)
+    elif not isinstance(password, str):
+        # The type only: the value must never reach a message.
+        raise TypeError(f"password: expected a str or None, got {type(password).__name__}")
+    if password is not None and username is None:
+        raise ValueError(f"password: given without a username (pass username= or set "
+                         f"{ENV_USERNAME})")
+    return username, password
+
+
+def _keyring_password(username: str, host: str, port: int) -> str | None:
+    try:
+        import keyring  # optional dependency
+    except ImportError:
+        return None
+    try:
+        return keyring.get_password(KEYRING_SERVICE, f"{username}@{host}:{port}")
+    except Exception:  # noqa: BLE001 - no usable keyring backend: fall back to no password
+        _logger.warning("mqtt: keyring lookup for %s@%s:%d failed", username, host, port)
+        return None
+
+
+def _tls_options(tls: bool, ca_file: Any, certfile: Any, keyfile: Any,
+                 tls_insecure: Any) -> dict[str, Any] | None:
+    if not isinstance(tls_insecure, bool):
+        raise TypeError(f"tls_insecure: expected True or False, got {tls_insecure!r}")
+    files = {"ca_file": ca_file, "certfile": certfile, "keyfile": keyfile}
+    for name, value in files.items():
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{name}: expected a path or None, got {type(value).__name__}")
+    if not tls:
+        given = [name for name, value in files.items() if value is not None]
+        if tls_insecure:
+            given.append("tls_insecure")
+        if given:
+            raise ValueError(f"{', '.join(given)}: TLS options need an 'mqtts://' url")
+        return None
+    if keyfile is not None and certfile is None:
+        raise ValueError("keyfile: given without a certfile")
+    for name, value in files.items():
+        if value is not None and not os.path.isfile(value):
+            raise FileNotFoundError(f"{name}: no such file {os.fspath(value)!r}")
+    return {name: None if value is None else os.fspath(value) for name, value in files.items()} \
+        | {"tls_insecure": tls_insecure}
+
+
+def _ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext:
+    # create_default_context: CERT_REQUIRED and hostname checking, the system store by default.
+    context = ssl.create_default_context(cafile=options["ca_file"])
+    if options["certfile"] is not None:
+        context.load_cert_chain(options["certfile"], options["keyfile"])
+    if options["tls_insecure"]:
+        context.check_hostname = False
+    return context
 
 
 def _check_timeout(value: Any, name: str) -> float:
@@ -219,17 +324,23 @@ def stable_client_id(url: str, topics: Any) -> str:
     return "tb-" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-def _parse_url(url: Any) -> tuple[str, int]:
+def _parse_url(url: Any) -> tuple[str, int, bool]:
     if not isinstance(url, str):
         raise TypeError(f"url: expected a str 'mqtt://host:port', got {type(url).__name__}")
     parts = urllib.parse.urlsplit(url)
+    if "@" in parts.netloc:
+        # Not echoed: the URL holds a secret.
+        raise ValueError("url: credentials in the URL are not accepted; pass username= and "
+                         "password= (or set the TWINBENCH_MQTT_* environment variables)")
     try:
         port = parts.port
     except ValueError:
         port = -1
-    if parts.scheme != "mqtt" or not parts.hostname or port == -1 or parts.path not in ("", "/"):
-        raise ValueError(f"url: expected 'mqtt://host:port', got {url!r}")
-    return parts.hostname, port if port is not None else 1883
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or port == -1 \
+            or parts.path not in ("", "/"):
+        raise ValueError(f"url: expected 'mqtt://host:port' or 'mqtts://host:port', got {url!r}")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, port if port is not None else (8883 if tls else 1883), tls
 
 
 def _make_decoder(decoder: Any, tm: TagMap, options: Mapping[str, Any]) -> Decoder:
@@ -273,7 +384,8 @@ class MqttSource:
                  connect_timeout: float, max_batch: int, persistent: bool = False,
                  protocol: str = "3.1.1", session_expiry: int = 3600,
                  command_topic: str | None = None, ack_topic: str | None = None,
-                 write_timeout: float = 5.0) -> None:
+                 write_timeout: float = 5.0, username: str | None = None,
+                 password: str | None = None, tls: Mapping[str, Any] | None = None) -> None:
         self.url = url
         self.host = host
         self.port = port
@@ -291,6 +403,10 @@ class MqttSource:
         self.command_topic = command_topic
         self.ack_topic = ack_topic
         self.write_timeout = write_timeout
+        self.username = username
+        self.__password = password  # name-mangled and never in status/repr/messages
+        self.tls = tls is not None
+        self._tls_options = dict(tls) if tls is not None else None
         # Command id -> (loop, future) of writes waiting for their acknowledgement.
         self._pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
         self._acks = 0
@@ -348,7 +464,9 @@ class MqttSource:
             since = self._gap_since_ns
         down = None if since is None else str(np.datetime64(since, "ns")) + "Z"
         return {"connected": self._connected, "disconnected_since": down,
-                "persistent": self.persistent, "protocol": self.protocol, "url": self.url, "topics": list(self.topics),
+                "persistent": self.persistent, "protocol": self.protocol, "url": self.url,
+                "tls": self.tls, "username": self.username,
+                "password_set": self.__password is not None, "topics": list(self.topics),
                 "overflow": self.overflow, "queue_size": self.queue_size, **counters,
                 "batches": self._batches, "decode": self.decoder.stats.as_dict()}
 
@@ -515,6 +633,15 @@ class MqttSource:
                             clean_session=not self.persistent,
                             protocol=MQTTProtocolVersion.MQTTv311)
         client.connect_timeout = self.connect_timeout
+        if self.username is not None:
+            client.username_pw_set(self.username, self.__password)
+        if self._tls_options is not None:
+            try:
+                client.tls_set_context(_ssl_context(self._tls_options))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"MqttSource {self.url}: cannot load the TLS files "
+                                 f"{ {k: v for k, v in self._tls_options.items() if v} }: "
+                                 f"{exc}") from None
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
         client.on_message = self._on_message
@@ -528,7 +655,9 @@ class MqttSource:
             client.loop_start()
             reason = await asyncio.wait_for(connected, self.connect_timeout)
             if reason.is_failure:
-                raise ConnectionError(f"MQTT broker at {self.url} refused the connection: {reason}")
+                hint = " (check username/password)" if reason.value in (4, 5, 134, 135) else ""
+                raise ConnectionError(f"MQTT broker at {self.url} refused the connection: "
+                                      f"{reason}{hint}")
             result, mid = client.subscribe(self._subscriptions())
             if result != 0:
                 raise ConnectionError(f"MQTT broker at {self.url}: subscribe failed (rc {result})")
@@ -541,6 +670,14 @@ class MqttSource:
             await self._shutdown()
             if isinstance(exc, ConnectionError) and self.url in str(exc):
                 raise
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                trust = (self._tls_options or {}).get("ca_file") or "the system trust store"
+                raise ConnectionError(f"TLS certificate verification failed for MQTT broker at "
+                                      f"{self.url}: {exc.verify_message} (trusted CAs: "
+                                      f"{trust})") from exc
+            if isinstance(exc, ssl.SSLError):
+                raise ConnectionError(f"TLS handshake with MQTT broker at {self.url} failed: "
+                                      f"{exc.reason or exc}") from exc
             if isinstance(exc, (asyncio.TimeoutError, OSError)):
                 what = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
                 raise ConnectionError(f"cannot connect to MQTT broker at {self.url} within "
