@@ -1,7 +1,8 @@
 """The ``twinbench`` command.
 
-Subcommands: ``bench`` (benchmarks with figures and ratios) and ``demo`` (the main job; until the
-live plant and dashboard exist, a demonstration of the kernel on the pump model).
+Subcommands: ``bench`` (benchmarks with figures and ratios), ``record`` (live tags to a
+dataset file) and ``demo`` (the main job; until the live plant and dashboard exist, a
+demonstration of the kernel on the pump model).
 """
 
 from __future__ import annotations
@@ -82,6 +83,55 @@ def _demo(args: argparse.Namespace) -> int:
     return kernel_demo(quick=args.quick)
 
 
+def _record(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    scheme = urllib.parse.urlsplit(args.url).scheme.lower()
+    if scheme == "opc.tcp":
+        print("twinbench record: opc.tcp:// sources are not supported yet; use an mqtt:// URL",
+              file=sys.stderr)
+        return 2
+    if scheme != "mqtt":
+        print(f"twinbench record: URL: expected mqtt://host:port, got {args.url!r}", file=sys.stderr)
+        return 2
+    from twinbench.io.mqtt import mqtt_source
+    from twinbench.io.record import record
+    from twinbench.io.tags import tag_map
+
+    try:
+        entries: dict = {}
+        if args.tags:
+            tm = tag_map(args.tags, scheme="mqtt")
+            for name in tm.names:
+                entry = {"address": str(tm[name])}
+                if name in tm.units:
+                    entry["units"] = tm.units[name]
+                if name in tm.long_names:
+                    entry["long_name"] = tm.long_names[name]
+                entries[name] = entry
+        for item in args.tag or []:
+            name, sep, address = item.partition("=")
+            if not sep or not name or not address:
+                raise ValueError(f"--tag: expected NAME=ADDRESS, got {item!r}")
+            entries[name] = {"address": address}
+        if not entries:
+            raise ValueError("--tag/--tags: expected at least one tag")
+        options = {}
+        if args.time_field:
+            options = {"time_field": args.time_field, "time_format": args.time_format}
+        source = mqtt_source(args.url, tag_map(entries, scheme="mqtt"), **options)
+        ds = record(source, args.duration, args.out, max_samples=args.max_samples)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+        print(f"twinbench record: {exc}", file=sys.stderr)
+        return 2
+    status = json.loads(ds.attrs.get("twinbench_status", "{}"))
+    rejects = {k: v for k, v in status.get("decode", {}).get("rejects", {}).items() if v}
+    print(f"recorded {len(source.tags)} tags, {ds.attrs['twinbench_samples']} samples at "
+          f"{ds.sizes['time']} times to {args.out}; messages {status.get('messages', 0)}, "
+          f"rejects {rejects or 'none'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twinbench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -101,6 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the main demonstration")
     d.add_argument("--quick", action="store_true", help="a shorter run")
     d.set_defaults(func=_demo)
+
+    r = sub.add_parser("record", help="record live tags into a .nc dataset file",
+                       description="Record tags of a live source for a while into an xarray "
+                                   "dataset file (NetCDF3 .nc; .zarr needs the zarr package).")
+    r.add_argument("url", metavar="URL", help="mqtt://host:port (opc.tcp:// not supported yet)")
+    r.add_argument("--tag", action="append", metavar="NAME=ADDRESS",
+                   help="a tag, e.g. temp=plant/pump1/telemetry#temperature (repeatable)")
+    r.add_argument("--tags", metavar="FILE", help="a YAML/JSON tag map file")
+    r.add_argument("--duration", type=float, required=True, metavar="SECONDS",
+                   help="how long to record")
+    r.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="stop early after N samples")
+    r.add_argument("--time-field", default=None,
+                   help="JSON field holding the sample time (default: receive time)")
+    r.add_argument("--time-format", default="epoch_ms", help="format of --time-field")
+    r.add_argument("--out", required=True, metavar="FILE.nc", help="output file")
+    r.set_defaults(func=_record)
     return parser
 
 
