@@ -6,8 +6,9 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,7 +94,8 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passw
 
 def _openssl(*args: str, cwd: Path) -> None:
     assert OPENSSL is not None
-    result = subprocess.run([OPENSSL, *args], cwd=cwd, capture_output=True, timeout=60)
+    result = subprocess.run([OPENSSL, *args], cwd=cwd, capture_output=True, timeout=60,
+                            check=False)
     if result.returncode != 0:
         raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {result.stderr.decode()}")
 
@@ -108,13 +110,15 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def make_server_cert(directory: Path, ca: tuple[Path, Path], name: str = "server") -> tuple[Path, Path]:
-    """A server certificate for 127.0.0.1 and localhost signed by `ca`: (certificate, key)."""
+def make_server_cert(directory: Path, ca: tuple[Path, Path], name: str = "server",
+                     san: str = "IP:127.0.0.1,DNS:localhost",
+                     usage: str = "serverAuth") -> tuple[Path, Path]:
+    """A certificate for `san` (default 127.0.0.1 and localhost) signed by `ca`: (cert, key)."""
     cert, key, csr = (directory / f"{name}.crt", directory / f"{name}.key",
                       directory / f"{name}.csr")
     ext = directory / f"{name}.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-                   "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+    ext.write_text(f"subjectAltName={san}\nbasicConstraints=CA:FALSE\n"
+                   f"keyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n"
                    "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
     _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost", cwd=directory)
@@ -134,16 +138,19 @@ class TlsBroker(Broker):
     username = "twin"
     password = "Pw-for-tls-test-7f3a9c"
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, san: str = "IP:127.0.0.1,DNS:localhost",
+                 require_certificate: bool = False) -> None:
         super().__init__(tmp_path)
         self.url = f"mqtts://127.0.0.1:{self.port}"
-        certs = tmp_path / "certs"
+        self.certs = certs = tmp_path / "certs"
         certs.mkdir()
-        self.ca_file, _ = ca = make_ca(certs, "twinbench-test-ca")
-        server_cert, server_key = make_server_cert(certs, ca)
+        self.ca = ca = make_ca(certs, "twinbench-test-ca")
+        self.ca_file = ca[0]
+        server_cert, server_key = make_server_cert(certs, ca, san=san)
         passwords = tmp_path / "passwd"
         result = subprocess.run([MOSQUITTO_PASSWD, "-b", "-c", str(passwords), self.username,
-                                 self.password], capture_output=True, timeout=30)
+                                 self.password], capture_output=True, timeout=30,
+                                check=False)
         if result.returncode != 0:
             raise RuntimeError(f"mosquitto_passwd failed: {result.stderr.decode()}")
         # Run as root when started as root: the dropped-to user could not read tmp_path.
@@ -151,7 +158,34 @@ class TlsBroker(Broker):
             f"user root\nper_listener_settings false\nallow_anonymous false\n"
             f"password_file {passwords}\npersistence false\n"
             f"listener {self.port} 127.0.0.1\ncafile {self.ca_file}\n"
-            f"certfile {server_cert}\nkeyfile {server_key}\n")
+            f"certfile {server_cert}\nkeyfile {server_key}\n"
+            f"require_certificate {'true' if require_certificate else 'false'}\n")
+
+
+@pytest.fixture
+def tls_broker_factory(tmp_path: Path) -> Iterator[Callable[..., TlsBroker]]:
+    """Start a :class:`TlsBroker` with the given options (``san``, ``require_certificate``)."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"mosquitto broker binary not found ({MOSQUITTO}); install mosquitto")
+    if OPENSSL is None:
+        pytest.skip("openssl command not found; needed to make test certificates")
+    if not Path(MOSQUITTO_PASSWD).exists():
+        pytest.skip(f"mosquitto_passwd not found ({MOSQUITTO_PASSWD}); install mosquitto")
+    started: list[TlsBroker] = []
+
+    def start(**options: Any) -> TlsBroker:
+        directory = tmp_path / f"broker{len(started)}"
+        directory.mkdir()
+        broker = TlsBroker(directory, **options)
+        started.append(broker)
+        broker.start()
+        return broker
+
+    try:
+        yield start
+    finally:
+        for broker in started:
+            broker.stop()
 
 
 @pytest.fixture

@@ -7,16 +7,18 @@ import logging
 import ssl
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from twinbench.io.mqtt import ENV_PASSWORD, ENV_USERNAME, mqtt_source
+from tests.io.conftest import TlsBroker, make_ca, make_server_cert
+from twinbench.io.mqtt import ENV_PASSWORD, ENV_USERNAME, MqttSource, mqtt_source
 
 TOPIC = "plant/pump1/speed"
 
 
-def publish_tls(broker, value: float) -> None:  # noqa: ANN001 - TlsBroker from conftest
+def publish_tls(broker: TlsBroker, value: float) -> None:
     """Publish one QoS 1 message over TLS with the broker's account; wait for the PUBACK."""
     from paho.mqtt.client import CallbackAPIVersion, Client
 
@@ -35,7 +37,8 @@ def publish_tls(broker, value: float) -> None:  # noqa: ANN001 - TlsBroker from 
         client.loop_stop()
 
 
-def test_tls_with_credentials_round_trip(tls_broker, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+def test_tls_with_credentials_round_trip(tls_broker: TlsBroker,
+                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
 
     async def main() -> list[float]:
@@ -63,7 +66,8 @@ def test_tls_with_credentials_round_trip(tls_broker, caplog: pytest.LogCaptureFi
     assert tls_broker.password not in caplog.text
 
 
-def test_credentials_from_environment(tls_broker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_credentials_from_environment(tls_broker: TlsBroker,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_USERNAME, tls_broker.username)
     monkeypatch.setenv(ENV_PASSWORD, tls_broker.password)
 
@@ -80,7 +84,8 @@ def test_credentials_from_environment(tls_broker, monkeypatch: pytest.MonkeyPatc
     assert asyncio.run(main())
 
 
-def test_wrong_password_refused_clearly(tls_broker, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+def test_wrong_password_refused_clearly(tls_broker: TlsBroker,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "Wrong-pw-81b2d4"
     source = mqtt_source(tls_broker.url, {"speed": TOPIC}, decoder="numeric",
@@ -97,9 +102,8 @@ def test_wrong_password_refused_clearly(tls_broker, caplog: pytest.LogCaptureFix
     assert wrong not in str(source.status)
 
 
-def test_untrusted_ca_refused_with_verification_error(tls_broker, tmp_path: Path) -> None:  # noqa: ANN001
-    from tests.io.conftest import make_ca  # noqa: PLC0415
-
+def test_untrusted_ca_refused_with_verification_error(tls_broker: TlsBroker,
+                                                      tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     other_ca, _ = make_ca(other, "some-other-ca")
@@ -115,7 +119,7 @@ def test_untrusted_ca_refused_with_verification_error(tls_broker, tmp_path: Path
     assert not source.status["connected"]
 
 
-def test_plain_mqtt_to_tls_port_fails_within_timeout(tls_broker) -> None:  # noqa: ANN001
+def test_plain_mqtt_to_tls_port_fails_within_timeout(tls_broker: TlsBroker) -> None:
     url = tls_broker.url.replace("mqtts://", "mqtt://")
     source = mqtt_source(url, {"speed": TOPIC}, decoder="numeric", username=tls_broker.username,
                          password=tls_broker.password, connect_timeout=1.0)
@@ -142,3 +146,57 @@ def test_tls_validation() -> None:
         mqtt_source("mqtt://localhost", tags, decoder="numeric", username="u", password=1234)
     src = mqtt_source("mqtts://localhost", tags, decoder="numeric")
     assert (src.port, src.tls, src.username, src.status["password_set"]) == (8883, True, None, False)
+
+
+async def _connects(source: MqttSource) -> bool:
+    await source.start()
+    try:
+        return source.status["connected"]
+    finally:
+        await source.stop()
+
+
+def test_hostname_checked_unless_tls_insecure(tls_broker_factory: Callable[...,
+                                              TlsBroker]) -> None:
+    broker = tls_broker_factory(san="DNS:other.example")  # signed by the trusted CA, wrong name
+    options = {"decoder": "numeric", "ca_file": broker.ca_file, "username": broker.username,
+               "password": broker.password, "connect_timeout": 5.0}
+    with pytest.raises(ConnectionError, match="certificate verification failed") as info:
+        asyncio.run(mqtt_source(broker.url, {"speed": TOPIC}, **options).start())
+    assert "127.0.0.1" in str(info.value)
+    assert asyncio.run(_connects(mqtt_source(broker.url, {"speed": TOPIC}, tls_insecure=True,
+                                             **options)))
+
+
+def test_client_certificate(tls_broker_factory: Callable[..., TlsBroker]) -> None:
+    broker = tls_broker_factory(require_certificate=True)
+    cert, key = make_server_cert(broker.certs, broker.ca, name="client", san="DNS:twin",
+                                 usage="clientAuth")
+    options = {"decoder": "numeric", "ca_file": broker.ca_file, "username": broker.username,
+               "password": broker.password, "connect_timeout": 5.0}
+    assert asyncio.run(_connects(mqtt_source(broker.url, {"speed": TOPIC}, certfile=cert,
+                                             keyfile=key, **options)))
+    with pytest.raises(ConnectionError) as info:  # the broker demands a certificate
+        asyncio.run(mqtt_source(broker.url, {"speed": TOPIC}, **options).start())
+    assert broker.url in str(info.value)
+
+
+def test_password_from_keyring_when_installed(tls_broker: TlsBroker,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from twinbench.io.mqtt import KEYRING_SERVICE
+
+    asked = []
+
+    def get_password(service: str, user: str) -> str:
+        asked.append((service, user))
+        return tls_broker.password
+
+    monkeypatch.setitem(sys.modules, "keyring", types.SimpleNamespace(get_password=get_password))
+    monkeypatch.delenv(ENV_PASSWORD, raising=False)
+    source = mqtt_source(tls_broker.url, {"speed": TOPIC}, decoder="numeric",
+                         ca_file=tls_broker.ca_file, username=tls_broker.username)
+    assert asked == [(KEYRING_SERVICE, f"{tls_broker.username}@127.0.0.1:{tls_broker.port}")]
+    assert asyncio.run(_connects(source))
