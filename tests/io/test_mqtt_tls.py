@@ -200,3 +200,14 @@ def test_password_from_keyring_when_installed(tls_broker: TlsBroker,
                          ca_file=tls_broker.ca_file, username=tls_broker.username)
     assert asked == [(KEYRING_SERVICE, f"{tls_broker.username}@127.0.0.1:{tls_broker.port}")]
     assert asyncio.run(_connects(source))
+
+
+def test_unreadable_client_certificate_named(tmp_path: Path) -> None:
+    bad = tmp_path / "client.pem"
+    bad.write_text("not a certificate\n")
+    source = mqtt_source("mqtts://127.0.0.1:8883", {"speed": TOPIC}, decoder="numeric",
+                         certfile=bad)
+    with pytest.raises(ValueError, match="cannot load the TLS files") as info:
+        asyncio.run(source.start())
+    assert str(bad) in str(info.value) and "mqtts://127.0.0.1:8883" in str(info.value)
+    assert not source.status["connected"]
