@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import os
 import ssl
@@ -51,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from twinbench.io._sync import LoopThread
 from twinbench.io.batch import Batch
 from twinbench.io.decode import Decoder, get_decoder
 from twinbench.io.tags import MqttAddress, TagMap, tag_map
@@ -435,8 +435,7 @@ class MqttSource:
         self._latest_time = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
         self._latest_value = np.full(n, np.nan)
         self._latest_quality = np.zeros(n, dtype=np.uint8)
-        self._sync_loop: asyncio.AbstractEventLoop | None = None
-        self._sync_thread: threading.Thread | None = None
+        self._sync = LoopThread(f"twinbench-mqtt-{self.url}", f"MqttSource {self.url}")
 
     def __repr__(self) -> str:
         state = "connected" if self._connected else "disconnected"
@@ -869,18 +868,7 @@ class MqttSource:
     # -- sync facade ---------------------------------------------------------------------------
 
     def _run_sync(self, coro: Any, timeout: float) -> Any:
-        if self._sync_loop is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                      name=f"twinbench-mqtt-{self.url}")
-            thread.start()
-            self._sync_loop, self._sync_thread = loop, thread
-        future = asyncio.run_coroutine_threadsafe(coro, self._sync_loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"MqttSource {self.url}: no result within {timeout:g} s") from None
+        return self._sync.run(coro, timeout)
 
     def start_sync(self) -> None:
         """:meth:`start` from synchronous code (a notebook cell), on a private loop thread."""
@@ -899,18 +887,12 @@ class MqttSource:
 
     def stop_sync(self) -> None:
         """:meth:`stop` from synchronous code, then end the private loop thread."""
-        if self._sync_loop is None:
+        if not self._sync.running:
             return
         try:
             self._run_sync(self.stop(), 2 * self.connect_timeout + 1.0)
         finally:
-            loop, thread = self._sync_loop, self._sync_thread
-            self._sync_loop = self._sync_thread = None
-            loop.call_soon_threadsafe(loop.stop)
-            if thread is not None:
-                thread.join(self.connect_timeout)
-            if not loop.is_running():
-                loop.close()
+            self._sync.close(self.connect_timeout)
 
 
 def _write_items(tag_or_mapping: Any, value: Any) -> list[tuple[str, Any]]:

@@ -23,17 +23,16 @@ Examples
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 
+from twinbench.io._sync import LoopThread
 from twinbench.io.batch import Batch, Quality
 
 __all__ = ["ReplaySource", "replay"]
@@ -140,8 +139,7 @@ class ReplaySource:
         self._latest_time = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
         self._latest_value = np.full(n, np.nan)
         self._latest_quality = np.zeros(n, dtype=np.uint8)
-        self._sync_loop: asyncio.AbstractEventLoop | None = None
-        self._sync_thread: threading.Thread | None = None
+        self._sync = LoopThread("twinbench-replay", f"ReplaySource {self.url}")
 
     def __repr__(self) -> str:
         return f"<ReplaySource {self.url} {len(self.tags)} tags {self._pos}/{len(self.data)}>"
@@ -223,18 +221,7 @@ class ReplaySource:
     # -- sync facade ---------------------------------------------------------------------------
 
     def _run_sync(self, coro: Any, timeout: float | None) -> Any:
-        if self._sync_loop is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                      name="twinbench-replay")
-            thread.start()
-            self._sync_loop, self._sync_thread = loop, thread
-        future = asyncio.run_coroutine_threadsafe(coro, self._sync_loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"ReplaySource {self.url}: no result within {timeout:g} s") from None
+        return self._sync.run(coro, timeout)
 
     def start_sync(self) -> None:
         """:meth:`start` from synchronous code, on a private loop thread."""
@@ -246,15 +233,9 @@ class ReplaySource:
 
     def stop_sync(self) -> None:
         """:meth:`stop` from synchronous code, then end the private loop thread."""
-        if self._sync_loop is None:
+        if not self._sync.running:
             return
         try:
             self._run_sync(self.stop(), 5.0)
         finally:
-            loop, thread = self._sync_loop, self._sync_thread
-            self._sync_loop = self._sync_thread = None
-            loop.call_soon_threadsafe(loop.stop)
-            if thread is not None:
-                thread.join(5.0)
-            if not loop.is_running():
-                loop.close()
+            self._sync.close(5.0)
