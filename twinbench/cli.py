@@ -1,7 +1,7 @@
 """The ``twinbench`` command.
 
 Subcommands: ``bench`` (benchmarks with figures and ratios), ``record`` (live tags to a
-dataset file) and ``demo`` (the main job; until the live plant and dashboard exist, a
+dataset file), ``plant`` (the simulated plant) and ``demo`` (the main job; until the live plant and dashboard exist, a
 demonstration of the kernel on the pump model).
 """
 
@@ -132,6 +132,30 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plant(args: argparse.Namespace) -> int:
+    import os
+
+    from twinbench.plant import run_plant
+
+    users = None
+    if args.user:
+        password = os.environ.get("TWINBENCH_PLANT_PASSWORD")
+        if not password:
+            print("twinbench plant: --user needs the password in TWINBENCH_PLANT_PASSWORD",
+                  file=sys.stderr)
+            return 2
+        users = {args.user: password}
+    try:
+        return run_plant(host=args.host, opcua_port=args.opcua_port, mqtt=args.mqtt,
+                         wind=args.wind, faults=args.fault or (), seed=args.seed,
+                         speedup=args.speedup, rate=args.rate, bench_tags=args.bench_tags,
+                         bench_rate=args.bench_rate, security=args.security, users=users,
+                         state_dir=args.state_dir)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"twinbench plant: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twinbench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -168,6 +192,32 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-format", default="epoch_ms", help="format of --time-field")
     r.add_argument("--out", required=True, metavar="FILE.nc", help="output file")
     r.set_defaults(func=_record)
+
+    pl = sub.add_parser("plant", help="run the simulated plant (OPC-UA server + MQTT)",
+                        description="Run the pump (and a wind turbine) in real time over OPC-UA "
+                                    "and MQTT, with fault injection. Prints its endpoints, then "
+                                    "'twinbench plant ready'; Ctrl-C or SIGTERM stops it.")
+    pl.add_argument("--host", default="127.0.0.1", help="OPC-UA interface (default 127.0.0.1)")
+    pl.add_argument("--opcua-port", type=int, default=4840, help="0 picks a free port")
+    pl.add_argument("--mqtt", default="auto", metavar="URL|auto|none",
+                    help="broker URL, 'auto' (start mosquitto/amqtt) or 'none' (default auto)")
+    pl.add_argument("--wind", action="store_true", help="also run the wind turbine")
+    pl.add_argument("--fault", action="append", metavar="SPEC",
+                    help="bearing_wear[:factor], drift:TAG:RATE_PER_H, stuck:TAG, dropout:TAG, "
+                         "comm_loss[:SECONDS] (repeatable)")
+    pl.add_argument("--seed", type=int, default=0, help="sensor-noise seed")
+    pl.add_argument("--speedup", type=float, default=1.0, help="simulated s per wall s")
+    pl.add_argument("--rate", type=float, default=10.0, help="ticks per second")
+    pl.add_argument("--bench-tags", type=int, default=0, metavar="N",
+                    help="N benchmark variables ns=2;s=Bench.TagNNNN")
+    pl.add_argument("--bench-rate", type=float, default=10.0, help="their updates per second")
+    pl.add_argument("--security", default="none", metavar="none,sign,encrypt",
+                    help="OPC-UA security policies offered (default none)")
+    pl.add_argument("--user", default=None, metavar="NAME",
+                    help="require this user; password from TWINBENCH_PLANT_PASSWORD")
+    pl.add_argument("--state-dir", default=None, metavar="DIR",
+                    help="where the server certificate is kept")
+    pl.set_defaults(func=_plant)
     return parser
 
 

@@ -1,0 +1,26 @@
+"""The simulated plant: the kernel's asset models in real time, served over OPC-UA and MQTT.
+
+``twinbench plant`` (or :func:`run_plant`, or :class:`Plant` on your own event loop) runs the
+pump, and a wind turbine if asked, and serves them:
+
+- OPC-UA at ``opc.tcp://HOST:PORT/twinbench/plant`` (namespace ``urn:twinbench:plant``, index 2):
+  ``ns=2;s=Pump1.<output>`` measurements (read-only Doubles with SourceTimestamp = simulated
+  time), setpoints ``Pump1.speed_setpoint`` (0..3600 rpm), ``Pump1.valve_opening`` (0..1),
+  ``Pump1.run`` (Boolean) range-checked (``BadOutOfRange``), ``Pump1.fault`` (String of fault
+  specs), ``Pump1.sequence`` (UInt64 tick counter) and ``Pump1.true_wear`` (the hidden state,
+  under ``Pump1.Truth``); ``Wind1`` likewise with ``rotor_speed_setpoint`` and ``wind_speed``;
+  ``Bench.Tag0000``... for the I/O benchmark.
+- MQTT telemetry ``plant/pump1/telemetry`` as JSON ``{"ts", "seq", <outputs>}``, commands on
+  ``plant/pump1/command`` acknowledged on ``plant/pump1/ack``.
+- Faults: ``bearing_wear[:factor]``, ``drift:<tag>:<rate/h>``, ``stuck:<tag>``,
+  ``dropout:<tag>``, ``comm_loss[:seconds]``.
+
+Nothing here imports a UI library; ``import twinbench`` does not import this package.
+"""
+
+from __future__ import annotations
+
+from twinbench.plant._faults import FAULT_KINDS, Fault, format_faults, parse_faults
+from twinbench.plant._plant import Plant, run_plant
+
+__all__ = ["Plant", "run_plant", "parse_faults", "format_faults", "Fault", "FAULT_KINDS"]

@@ -1,0 +1,135 @@
+"""A broker for the plant when none is given: mosquitto if installed, else embedded amqtt.
+
+mosquitto runs with ``max_queued_messages 100000``: its default (1000) drops QoS 1 messages
+for a slow subscriber (measured in ../shared/STACK-NOTES.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["find_mosquitto", "start_broker", "Mosquitto", "EmbeddedBroker"]
+
+_logger = logging.getLogger("twinbench.plant")
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary: on PATH or at /usr/sbin/mosquitto; None if neither."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").is_file() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Mosquitto:
+    """A mosquitto process on a free loopback port (``url``), config in a temporary directory."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = _free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.kind = "mosquitto"
+        self._dir = tempfile.TemporaryDirectory(prefix="twinbench-plant-mosquitto-")
+        self.config = Path(self._dir.name) / "mosquitto.conf"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                               "persistence false\nmax_queued_messages 100000\n")
+        self.log_path = Path(self._dir.name) / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 10.0) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log_text = self.log_path.read_text(errors="replace")[-500:]
+                self._dir.cleanup()
+                raise RuntimeError(f"mosquitto exited with code {self.proc.returncode}: "
+                                   f"{log_text}")
+            if await asyncio.to_thread(_listening, self.port):
+                return
+            await asyncio.sleep(0.02)
+        await self.stop()
+        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port} within "
+                           f"{timeout:g} s")
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait, 5)
+        self._dir.cleanup()
+
+
+class EmbeddedBroker:
+    """amqtt in this process, bound to 127.0.0.1 on a free port, its packet logger off."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.kind = "amqtt"
+        self._broker: Any = None
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "sys_interval": 0,
+            "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
+            "topic-check": {"enabled": False},
+        }
+        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        logging.getLogger("transitions").setLevel(logging.WARNING)
+        self._broker = Broker(config)
+        await self._broker.start()
+
+    async def stop(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            await broker.shutdown()
+
+
+async def start_broker() -> Mosquitto | EmbeddedBroker | None:
+    """Start mosquitto if installed, else amqtt if importable; None (with a warning) if neither."""
+    binary = find_mosquitto()
+    if binary:
+        broker: Mosquitto | EmbeddedBroker = Mosquitto(binary)
+        await broker.start()
+        return broker
+    try:
+        import amqtt.broker  # noqa: F401
+    except ImportError:
+        _logger.warning("no MQTT broker: mosquitto is not installed and amqtt is not importable; "
+                        "running OPC-UA only (install mosquitto, or pip install amqtt)")
+        return None
+    broker = EmbeddedBroker()
+    await broker.start()
+    return broker
