@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from twinbench.io._common import WriteRejected, check_timeout, credentials, write_items
 from twinbench.io._sync import LoopThread
 from twinbench.io.batch import Batch
 from twinbench.io.decode import Decoder, get_decoder
@@ -65,28 +66,6 @@ ENV_PASSWORD = "TWINBENCH_MQTT_PASSWORD"
 KEYRING_SERVICE = "twinbench-mqtt"
 
 _logger = logging.getLogger("twinbench.io.mqtt")
-
-
-class WriteRejected(Exception):
-    """The equipment acknowledged a write with ``ok: false``.
-
-    Attributes
-    ----------
-    rejected : dict of str to str
-        Tag name to the error text of its acknowledgement.
-
-    Examples
-    --------
-    >>> raise WriteRejected({"speed": "out of range"})
-    Traceback (most recent call last):
-    ...
-    twinbench.io.mqtt.WriteRejected: write rejected: speed: out of range
-    """
-
-    def __init__(self, rejected: Mapping[str, str]) -> None:
-        self.rejected = dict(rejected)
-        detail = "; ".join(f"{tag}: {error}" for tag, error in self.rejected.items())
-        super().__init__(f"write rejected: {detail}")
 
 
 def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = None,
@@ -218,7 +197,7 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
         raise ValueError("ack_topic: needs a command_topic to acknowledge")
     if ack_topic is not None and ack_topic in {tm[name].topic for name in tm.names}:
         raise ValueError(f"ack_topic: {ack_topic!r} is also a telemetry topic of the tags")
-    write_timeout = _check_timeout(write_timeout, "write_timeout")
+    write_timeout = check_timeout(write_timeout, "write_timeout")
     username, password = _credentials(username, password, host, port)
     tls_options = _tls_options(tls, ca_file, certfile, keyfile, tls_insecure)
     dec = _make_decoder(decoder, tm, decoder_options)
@@ -235,34 +214,8 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
 
 def _credentials(username: Any, password: Any, host: str,
                  port: int) -> tuple[str | None, str | None]:
-    if username is None:
-        username = os.environ.get(ENV_USERNAME) or None
-    elif not isinstance(username, str) or not username:
-        raise TypeError(f"username: expected a non-empty str or None, got "
-                        f"{type(username).__name__}")
-    if password is None:
-        password = os.environ.get(ENV_PASSWORD) or None
-        if password is None and username is not None:
-            password = _keyring_password(username, host, port)
-    elif not isinstance(password, str):
-        # The type only: the value must never reach a message.
-        raise TypeError(f"password: expected a str or None, got {type(password).__name__}")
-    if password is not None and username is None:
-        raise ValueError(f"password: given without a username (pass username= or set "
-                         f"{ENV_USERNAME})")
-    return username, password
-
-
-def _keyring_password(username: str, host: str, port: int) -> str | None:
-    try:
-        import keyring  # optional dependency
-    except ImportError:
-        return None
-    try:
-        return keyring.get_password(KEYRING_SERVICE, f"{username}@{host}:{port}")
-    except Exception:  # noqa: BLE001 - no usable keyring backend: fall back to no password
-        _logger.warning("mqtt: keyring lookup for %s@%s:%d failed", username, host, port)
-        return None
+    return credentials(username, password, env_username=ENV_USERNAME, env_password=ENV_PASSWORD,
+                       keyring_service=KEYRING_SERVICE, account=f"{host}:{port}")
 
 
 def _tls_options(tls: bool, ca_file: Any, certfile: Any, keyfile: Any,
@@ -297,13 +250,6 @@ def _ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext:
     if options["tls_insecure"]:
         context.check_hostname = False
     return context
-
-
-def _check_timeout(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not 0 < value < float("inf"):
-        raise ValueError(f"{name}: expected finite seconds > 0, got {value!r}")
-    return float(value)
 
 
 def stable_client_id(url: str, topics: Any) -> str:
@@ -721,8 +667,8 @@ class MqttSource:
         if self.command_topic is None:
             raise RuntimeError(f"MqttSource {self.url}: writing needs the command_topic option "
                                f"of mqtt_source()")
-        commands = _write_items(tag_or_mapping, value)
-        timeout = self.write_timeout if timeout is None else _check_timeout(timeout, "timeout")
+        commands = write_items(tag_or_mapping, value)
+        timeout = self.write_timeout if timeout is None else check_timeout(timeout, "timeout")
         client = self._client
         if client is None or not self._running:
             raise RuntimeError(f"MqttSource {self.url}: call start() before writing")
@@ -881,7 +827,7 @@ class MqttSource:
     def write_sync(self, tag_or_mapping: str | Mapping[str, Any], value: Any = None, *,
                    timeout: float | None = None) -> dict[str, str]:
         """:meth:`write` from synchronous code (after :meth:`start_sync`)."""
-        wait = self.write_timeout if timeout is None else _check_timeout(timeout, "timeout")
+        wait = self.write_timeout if timeout is None else check_timeout(timeout, "timeout")
         return self._run_sync(self.write(tag_or_mapping, value, timeout=timeout),
                               wait + self.connect_timeout)
 
@@ -893,32 +839,3 @@ class MqttSource:
             self._run_sync(self.stop(), 2 * self.connect_timeout + 1.0)
         finally:
             self._sync.close(self.connect_timeout)
-
-
-def _write_items(tag_or_mapping: Any, value: Any) -> list[tuple[str, Any]]:
-    if isinstance(tag_or_mapping, str):
-        if value is None:
-            raise ValueError(f"value: expected a value to write to {tag_or_mapping!r}, got None")
-        items = [(tag_or_mapping, value)]
-    elif isinstance(tag_or_mapping, Mapping):
-        if value is not None:
-            raise ValueError("value: give either a tag and a value or a mapping, not both")
-        items = list(tag_or_mapping.items())
-        if not items:
-            raise ValueError("tag_or_mapping: expected at least one tag to write")
-    else:
-        raise TypeError(f"tag_or_mapping: expected a tag name or a mapping of tag to value, "
-                        f"got {type(tag_or_mapping).__name__}")
-    out = []
-    for tag, val in items:
-        if not isinstance(tag, str) or not tag:
-            raise TypeError(f"tag_or_mapping: expected non-empty tag names, got {tag!r}")
-        if isinstance(val, np.generic):
-            val = val.item()
-        if not isinstance(val, (bool, int, float, str)):
-            raise TypeError(f"value: expected bool, int, float or str for {tag!r}, "
-                            f"got {type(val).__name__}")
-        if isinstance(val, float) and not np.isfinite(val):
-            raise ValueError(f"value: expected a finite number for {tag!r}, got {val!r}")
-        out.append((tag, val))
-    return out

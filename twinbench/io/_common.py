@@ -1,0 +1,120 @@
+"""Pieces every source shares: credentials, timeouts, write requests and write errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["WriteRejected", "check_timeout", "credentials", "write_items"]
+
+_logger = logging.getLogger("twinbench.io")
+
+
+class WriteRejected(Exception):
+    """The equipment refused a write (an acknowledgement ``ok: false``, a Bad OPC-UA status).
+
+    Attributes
+    ----------
+    rejected : dict of str to str
+        Tag name to the reason, e.g. ``"BadOutOfRange"`` or the error text of an acknowledgement.
+    written : dict of str to object
+        Tags of the same request that were written (an OPC-UA write of several tags is not
+        atomic), to what they read back as.
+
+    Examples
+    --------
+    >>> raise WriteRejected({"speed": "out of range"})
+    Traceback (most recent call last):
+    ...
+    twinbench.io.WriteRejected: write rejected: speed: out of range
+    """
+
+    def __init__(self, rejected: Mapping[str, str],
+                 written: Mapping[str, Any] | None = None) -> None:
+        self.rejected = dict(rejected)
+        self.written = dict(written or {})
+        detail = "; ".join(f"{tag}: {error}" for tag, error in self.rejected.items())
+        super().__init__(f"write rejected: {detail}")
+
+
+# Shown where users catch it: twinbench.io.WriteRejected (the public home).
+WriteRejected.__module__ = "twinbench.io"
+
+
+def check_timeout(value: Any, name: str) -> float:
+    """`value` as finite seconds > 0, else a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 < value < float("inf"):
+        raise ValueError(f"{name}: expected finite seconds > 0, got {value!r}")
+    return float(value)
+
+
+def credentials(username: Any, password: Any, *, env_username: str, env_password: str,
+                keyring_service: str, account: str) -> tuple[str | None, str | None]:
+    """Username and password from the arguments, else the environment, else (password only)
+    the keyring entry ``(keyring_service, f"{username}@{account}")``.
+
+    The password's value never reaches an exception message or a log line.
+    """
+    if username is None:
+        username = os.environ.get(env_username) or None
+    elif not isinstance(username, str) or not username:
+        raise TypeError(f"username: expected a non-empty str or None, got "
+                        f"{type(username).__name__}")
+    if password is None:
+        password = os.environ.get(env_password) or None
+        if password is None and username is not None:
+            password = _keyring_password(keyring_service, f"{username}@{account}")
+    elif not isinstance(password, str):
+        # The type only: the value must never reach a message.
+        raise TypeError(f"password: expected a str or None, got {type(password).__name__}")
+    if password is not None and username is None:
+        raise ValueError(f"password: given without a username (pass username= or set "
+                         f"{env_username})")
+    return username, password
+
+
+def _keyring_password(service: str, user: str) -> str | None:
+    try:
+        import keyring  # optional dependency
+    except ImportError:
+        return None
+    try:
+        return keyring.get_password(service, user)
+    except Exception:  # noqa: BLE001 - no usable keyring backend: fall back to no password
+        _logger.warning("keyring lookup for %s (service %s) failed", user, service)
+        return None
+
+
+def write_items(tag_or_mapping: Any, value: Any) -> list[tuple[str, Any]]:
+    """``write(tag, value)`` or ``write({tag: value, ...})`` as checked ``(tag, value)`` pairs."""
+    if isinstance(tag_or_mapping, str):
+        if value is None:
+            raise ValueError(f"value: expected a value to write to {tag_or_mapping!r}, got None")
+        items = [(tag_or_mapping, value)]
+    elif isinstance(tag_or_mapping, Mapping):
+        if value is not None:
+            raise ValueError("value: give either a tag and a value or a mapping, not both")
+        items = list(tag_or_mapping.items())
+        if not items:
+            raise ValueError("tag_or_mapping: expected at least one tag to write")
+    else:
+        raise TypeError(f"tag_or_mapping: expected a tag name or a mapping of tag to value, "
+                        f"got {type(tag_or_mapping).__name__}")
+    out = []
+    for tag, val in items:
+        if not isinstance(tag, str) or not tag:
+            raise TypeError(f"tag_or_mapping: expected non-empty tag names, got {tag!r}")
+        if isinstance(val, np.generic):
+            val = val.item()
+        if not isinstance(val, (bool, int, float, str)):
+            raise TypeError(f"value: expected bool, int, float or str for {tag!r}, "
+                            f"got {type(val).__name__}")
+        if isinstance(val, float) and not np.isfinite(val):
+            raise ValueError(f"value: expected a finite number for {tag!r}, got {val!r}")
+        out.append((tag, val))
+    return out

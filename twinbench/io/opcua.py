@@ -1,0 +1,1159 @@
+"""OPC-UA source: subscribe to the nodes of a tag map and hand out columnar batches.
+
+asyncua decodes every notification into Python objects; this source takes them straight from the
+subscription's publish callback into four numpy columns per publish response (tag index, time,
+value, quality), without the task per value that asyncua's handler interface creates. The columns
+wait in a bounded buffer (counted in samples) until :meth:`OpcUaSource.read` takes them; when it is
+full the ``overflow`` policy decides what is dropped, and every drop is counted.
+
+Values
+------
+- Time: the SourceTimestamp the server sends (``timestamps="source"``), else its ServerTimestamp,
+  else the receive time. A missing timestamp, or one more than ``max_clock_skew`` seconds ahead of
+  the receive time, is replaced by the receive time and the sample is marked UNCERTAIN.
+- Quality: the OPC-UA StatusCode's severity (:meth:`~twinbench.io.batch.Quality.from_opcua_status`);
+  a Bad value is kept with its quality, not dropped.
+- Value: numbers and booleans become float64. Anything else (a string, an array, a null variant) is
+  a NaN sample marked ``BAD_DECODE`` and counted (``status["decode"]["flags"]["wrong_type"]``).
+
+Subscriptions
+-------------
+Tags are split across subscriptions of at most ``max_items_per_subscription`` monitored items, also
+respecting the server's own limits (``MaxMonitoredItemsPerCall``), with the given sampling and
+publishing intervals, server-side queue size and deadband.
+
+Connection loss
+---------------
+asyncua's supervisor reconnects with exponential backoff (1 s doubling up to
+``reconnect_max_delay``) and restores the subscriptions (transferring them when the server kept the
+session, recreating them otherwise). The outage shows in the data: when the first publish response
+arrives after a loss, a gap marker (:meth:`~twinbench.io.batch.Batch.gap`, one NaN sample per tag,
+quality ``GAP``, at the time the connection was lost) is queued before it. ``status`` shows
+``connected``, ``disconnected_since``, ``disconnects`` and ``reconnects``. Every request (connect,
+read, write, browse) is bounded by a timeout, during an outage too.
+
+Security
+--------
+``security="sign"`` or ``"encrypt"`` uses Basic256Sha256 (Sign / SignAndEncrypt) with a client
+certificate: ``certificate`` and ``private_key`` files, or a self-signed pair generated on first use
+in ``cert_dir`` (default ``$XDG_DATA_HOME/twinbench/opcua``, i.e. ``~/.local/share/twinbench/opcua``)
+and reused afterwards; servers must trust it. ``server_certificate`` pins the server's certificate;
+without it the certificate the server presents is used (checked against a trust list in a later
+release). ``username`` and ``password`` come from the arguments, else the environment variables
+``TWINBENCH_OPCUA_USERNAME`` and ``TWINBENCH_OPCUA_PASSWORD``, else (password only, when the
+optional ``keyring`` package is installed) the keyring entry ``service="twinbench-opcua"``,
+``username="<user>@<host>:<port>"``. The password never appears in ``status``, ``repr``, exception
+messages or log lines.
+
+Examples
+--------
+>>> src = opcua_source("opc.tcp://127.0.0.1:4840/twinbench/plant",
+...                    {"speed": "ns=2;s=Pump1.speed", "flow": "ns=2;s=Pump1.flow_rate"})
+>>> src.status["connected"], src.tags.names, src.publishing_interval
+(False, ('speed', 'flow'), 100.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import os
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twinbench.io._common import WriteRejected, check_timeout, credentials, write_items
+from twinbench.io._sync import LoopThread
+from twinbench.io.batch import Batch, Quality, quality_from_opcua_status
+from twinbench.io.browse import BrowseNode
+from twinbench.io.decode import DecodeStats, RateLimitedLog, Reject
+from twinbench.io.tags import OpcUaAddress, TagMap, tag_map
+
+__all__ = ["ENV_PASSWORD", "ENV_USERNAME", "KEYRING_SERVICE", "OVERFLOW_POLICIES", "SECURITY_MODES",
+           "OpcUaSource", "opcua_source"]
+
+OVERFLOW_POLICIES = ("drop_oldest", "drop_newest")
+SECURITY_MODES = ("none", "sign", "encrypt")
+TIMESTAMPS = ("source", "server", "receive")
+ENV_USERNAME = "TWINBENCH_OPCUA_USERNAME"
+ENV_PASSWORD = "TWINBENCH_OPCUA_PASSWORD"
+KEYRING_SERVICE = "twinbench-opcua"
+APPLICATION_URI = "urn:twinbench:client"
+
+_logger = logging.getLogger("twinbench.io.opcua")
+_GOOD = int(Quality.GOOD)
+_UNCERTAIN = int(Quality.UNCERTAIN)
+_BAD_DECODE = int(Quality.BAD_DECODE)
+_NAN = float("nan")
+# OPC-UA's "no time" is 1601-01-01 (DateTime 0): earlier than any real sample.
+_MIN_VALID_TIME_S = -11644473600.0 + 1.0
+
+
+def opcua_source(url: str, tags: Any, *, publishing_interval: float = 100.0,
+                 sampling_interval: float | None = None, queue_size: int = 10,
+                 deadband: float | tuple[str, float] | None = None, timestamps: str = "source",
+                 security: str = "none", certificate: str | os.PathLike[str] | None = None,
+                 private_key: str | os.PathLike[str] | None = None,
+                 cert_dir: str | os.PathLike[str] | None = None,
+                 server_certificate: str | os.PathLike[str] | None = None,
+                 username: str | None = None, password: str | None = None,
+                 connect_timeout: float = 5.0, request_timeout: float = 5.0,
+                 write_timeout: float = 5.0, buffer_size: int = 1_000_000,
+                 overflow: str = "drop_oldest", max_batch: int = 100_000,
+                 max_items_per_subscription: int = 1000, reconnect_max_delay: float = 30.0,
+                 max_clock_skew: float = 3600.0, missing: str = "raise") -> OpcUaSource:
+    """Create an OPC-UA source (not yet connected: call ``await source.start()``).
+
+    Parameters
+    ----------
+    url : str
+        ``opc.tcp://host:port[/path]`` of the server's endpoint. Credentials in the URL are
+        refused: use `username` and `password`.
+    tags : TagMap or anything :func:`~twinbench.io.tags.tag_map` accepts
+        OPC-UA NodeIds (``ns=2;s=Pump1.speed``) or browse paths (``0:Objects/2:Pump1/2:speed``);
+        their order is the tag index of the batches.
+    publishing_interval : float, default 100
+        Milliseconds between the server's publish responses (the server may revise it; the
+        revised value is in ``status``).
+    sampling_interval : float, optional
+        Milliseconds between the server's samples of each node; default the publishing interval.
+        0 asks for the fastest the server can do.
+    queue_size : int, default 10
+        Samples the server keeps per node between two publish responses (oldest discarded).
+    deadband : float or ("absolute" | "percent", float), optional
+        Report a change only when it exceeds this (absolute units by default, or percent of
+        the node's EURange).
+    timestamps : {"source", "server", "receive"}, default "source"
+        Which time a sample carries (falling back to the next when the server omits one).
+    security : {"none", "sign", "encrypt"}, default "none"
+        Basic256Sha256 Sign or SignAndEncrypt for ``"sign"``/``"encrypt"``.
+    certificate, private_key : path, optional
+        The client's certificate (DER or PEM) and private key (PEM). Default: generated on first
+        use in `cert_dir`.
+    cert_dir : path, optional
+        Where the generated client certificate lives (default ``~/.local/share/twinbench/opcua``).
+    server_certificate : path, optional
+        Pin the server's certificate (DER or PEM).
+    username, password : str, optional
+        User identity; default from ``TWINBENCH_OPCUA_USERNAME`` / ``TWINBENCH_OPCUA_PASSWORD``
+        or the keyring, else anonymous. Use with ``security="encrypt"`` so that the password is
+        not sent in the clear.
+    connect_timeout : float, default 5.0
+        Seconds for connecting and creating the subscriptions.
+    request_timeout : float, default 5.0
+        Seconds for each request (browse, read) and for waiting on a reconnect in progress.
+    write_timeout : float, default 5.0
+        Default seconds for a write with its read-back.
+    buffer_size : int, default 1000000
+        Samples buffered between the subscription and the consumer.
+    overflow : {"drop_oldest", "drop_newest"}, default "drop_oldest"
+        What a full buffer drops (publish responses cannot wait for a slow consumer). Counted in
+        ``status["dropped_overflow"]``.
+    max_batch : int, default 100000
+        Most samples per batch (a batch holds whole publish responses, so it may exceed this
+        when one response alone is larger).
+    max_items_per_subscription : int, default 1000
+        Tags per subscription; more tags make more subscriptions.
+    reconnect_max_delay : float, default 30
+        Longest wait between two reconnect attempts (the wait doubles from 1 s).
+    max_clock_skew : float, default 3600
+        Seconds a timestamp may lie ahead of the receive time before it is distrusted.
+    missing : {"raise", "warn"}, default "raise"
+        A tag whose node does not exist (or cannot be monitored): ``start()`` raises LookupError
+        naming the tags and their status codes, or logs a warning and goes on without them.
+
+    Examples
+    --------
+    >>> src = opcua_source("opc.tcp://localhost:4840", ["ns=2;s=Pump1.speed"],
+    ...                    security="encrypt", username="operator", password="s3cret")
+    >>> src.port, src.security, src.status["username"], "s3cret" in repr(src) + str(src.status)
+    (4840, 'encrypt', 'operator', False)
+    >>> opcua_source("mqtt://localhost", {"speed": "ns=2;s=Pump1.speed"})
+    Traceback (most recent call last):
+    ...
+    ValueError: url: expected 'opc.tcp://host:port[/path]', got 'mqtt://localhost'
+    """
+    host, port = _parse_url(url)
+    tm = tag_map(tags, scheme="opc.tcp")
+    if len(tm) == 0:
+        raise ValueError("tags: expected at least one OPC-UA tag")
+    publishing_interval = _check_ms(publishing_interval, "publishing_interval", low=0.0)
+    sampling_interval = publishing_interval if sampling_interval is None else \
+        _check_ms(sampling_interval, "sampling_interval", low=0.0, allow_zero=True)
+    for name, value, low in (("queue_size", queue_size, 1), ("buffer_size", buffer_size, 1),
+                             ("max_batch", max_batch, 1),
+                             ("max_items_per_subscription", max_items_per_subscription, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    deadband = _check_deadband(deadband)
+    if timestamps not in TIMESTAMPS:
+        raise ValueError(f"timestamps: expected one of {TIMESTAMPS}, got {timestamps!r}")
+    if security not in SECURITY_MODES:
+        raise ValueError(f"security: expected one of {SECURITY_MODES}, got {security!r}")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow: expected one of {OVERFLOW_POLICIES}, got {overflow!r}")
+    if missing not in ("raise", "warn"):
+        raise ValueError(f"missing: expected 'raise' or 'warn', got {missing!r}")
+    files = {"certificate": certificate, "private_key": private_key,
+             "server_certificate": server_certificate}
+    for name, value in files.items():
+        if value is not None:
+            if not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{name}: expected a path or None, got {type(value).__name__}")
+            if not os.path.isfile(value):
+                raise FileNotFoundError(f"{name}: no such file {os.fspath(value)!r}")
+    if (certificate is None) != (private_key is None):
+        raise ValueError("certificate, private_key: give both or neither")
+    if security == "none" and (certificate is not None or server_certificate is not None):
+        raise ValueError("certificate, server_certificate: need security='sign' or 'encrypt'")
+    if cert_dir is not None and not isinstance(cert_dir, (str, os.PathLike)):
+        raise TypeError(f"cert_dir: expected a path or None, got {type(cert_dir).__name__}")
+    username, password = credentials(username, password, env_username=ENV_USERNAME,
+                                     env_password=ENV_PASSWORD, keyring_service=KEYRING_SERVICE,
+                                     account=f"{host}:{port}")
+    return OpcUaSource(
+        url, host, port, tm, publishing_interval=publishing_interval,
+        sampling_interval=sampling_interval, queue_size=queue_size, deadband=deadband,
+        timestamps=timestamps, security=security,
+        certificate=None if certificate is None else os.fspath(certificate),
+        private_key=None if private_key is None else os.fspath(private_key),
+        cert_dir=Path(cert_dir) if cert_dir is not None else _default_cert_dir(),
+        server_certificate=None if server_certificate is None else os.fspath(server_certificate),
+        username=username, password=password,
+        connect_timeout=check_timeout(connect_timeout, "connect_timeout"),
+        request_timeout=check_timeout(request_timeout, "request_timeout"),
+        write_timeout=check_timeout(write_timeout, "write_timeout"), buffer_size=buffer_size,
+        overflow=overflow, max_batch=max_batch,
+        max_items_per_subscription=max_items_per_subscription,
+        reconnect_max_delay=check_timeout(reconnect_max_delay, "reconnect_max_delay"),
+        max_clock_skew=check_timeout(max_clock_skew, "max_clock_skew"), missing=missing)
+
+
+def _parse_url(url: Any) -> tuple[str, int]:
+    if not isinstance(url, str):
+        raise TypeError(f"url: expected a str 'opc.tcp://host:port', got {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url)
+    if "@" in parts.netloc:
+        # Not echoed: the URL holds a secret.
+        raise ValueError("url: credentials in the URL are not accepted; pass username= and "
+                         "password= (or set the TWINBENCH_OPCUA_* environment variables)")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme != "opc.tcp" or not parts.hostname or port == -1:
+        raise ValueError(f"url: expected 'opc.tcp://host:port[/path]', got {url!r}")
+    return parts.hostname, 4840 if port is None else port
+
+
+def _check_ms(value: Any, name: str, low: float, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or (value == 0 and not allow_zero):
+        more = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: expected finite milliseconds {more}, got {value!r}")
+    return float(value)
+
+
+def _check_deadband(deadband: Any) -> tuple[int, float] | None:
+    if deadband is None:
+        return None
+    kind = "absolute"
+    if isinstance(deadband, tuple) and len(deadband) == 2:
+        kind, deadband = deadband
+    if kind not in ("absolute", "percent") or isinstance(deadband, bool) \
+            or not isinstance(deadband, (int, float)) or not math.isfinite(deadband) \
+            or deadband < 0 or (kind == "percent" and deadband > 100):
+        raise ValueError(f"deadband: expected a number >= 0 or ('absolute'|'percent', number), "
+                         f"got {deadband!r}")
+    return (1 if kind == "absolute" else 2), float(deadband)
+
+
+def _default_cert_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return Path(base) / "twinbench" / "opcua"
+
+
+def _status_name(code: Any) -> str:
+    from asyncua import ua
+
+    if not isinstance(code, ua.StatusCode):
+        code = ua.StatusCode(int(code))
+    name = code.name
+    # asyncua names codes it does not know "Good": show those by number.
+    return name if name != "Good" or code.value == 0 else f"0x{code.value:08X}"
+
+
+class OpcUaSource:
+    """A subscription to the nodes of a tag map, delivering :class:`~twinbench.io.batch.Batch`.
+
+    Build one with :func:`opcua_source`. Async API: :meth:`start`, :meth:`stop`, :meth:`read`,
+    :meth:`batches`, :meth:`write`, :meth:`browse`, :meth:`read_values`. For notebook cells
+    without ``await``: :meth:`start_sync`, :meth:`read_sync`, :meth:`write_sync`,
+    :meth:`browse_sync`, :meth:`stop_sync` (they run on a private event-loop thread).
+    """
+
+    def __init__(self, url: str, host: str, port: int, tags: TagMap, *,
+                 publishing_interval: float, sampling_interval: float, queue_size: int,
+                 deadband: tuple[int, float] | None, timestamps: str, security: str,
+                 certificate: str | None, private_key: str | None, cert_dir: Path,
+                 server_certificate: str | None, username: str | None, password: str | None,
+                 connect_timeout: float, request_timeout: float, write_timeout: float,
+                 buffer_size: int, overflow: str, max_batch: int,
+                 max_items_per_subscription: int, reconnect_max_delay: float,
+                 max_clock_skew: float, missing: str) -> None:
+        self.url = url
+        self.host = host
+        self.port = port
+        self.tags = tags
+        self.publishing_interval = publishing_interval
+        self.sampling_interval = sampling_interval
+        self.queue_size = queue_size
+        self.deadband = deadband
+        self.timestamps = timestamps
+        self.security = security
+        self.certificate = certificate
+        self.private_key = private_key
+        self.cert_dir = cert_dir
+        self.server_certificate = server_certificate
+        self.username = username
+        self.__password = password  # name-mangled and never in status/repr/messages
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.write_timeout = write_timeout
+        self.buffer_size = buffer_size
+        self.overflow = overflow
+        self.max_batch = max_batch
+        self.max_items_per_subscription = max_items_per_subscription
+        self.reconnect_max_delay = reconnect_max_delay
+        self.max_clock_skew = max_clock_skew
+        self.missing = missing
+        self.stats = DecodeStats()
+        self._log = RateLimitedLog(_logger)
+
+        self._client: Any = None
+        self._subscriptions: list[Any] = []
+        self._node_ids: list[Any] = []  # ua.NodeId per tag (None when not found)
+        self._failed: dict[str, str] = {}
+        self._variant_types: dict[int, Any] = {}  # tag index -> ua.VariantType, for writes
+        self._revised_interval: float | None = None
+        # Chunks of (tag, time_ns, value, quality) columns; a chunk with tag None is a gap marker.
+        self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._buffered = 0
+        self._ready: asyncio.Event | None = None
+        self._running = False
+        self._connected = False
+        self._publishes = 0
+        self._dropped = 0
+        self._handler_errors = 0
+        self._status_changes = 0
+        self._batches = 0
+        self._disconnects = 0
+        self._reconnects = 0
+        self._gaps = 0
+        self._writes = 0
+        self._write_errors = 0
+        self._gap_since_ns: int | None = None
+        n = len(tags)
+        self._latest_time = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+        self._latest_value = np.full(n, np.nan)
+        self._latest_quality = np.zeros(n, dtype=np.uint8)
+        self._sync = LoopThread(f"twinbench-opcua-{url}", f"OpcUaSource {url}")
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connected else "disconnected"
+        return f"<OpcUaSource {self.url} {len(self.tags)} tags {state}>"
+
+    # -- status --------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """Connection state and counters, JSON-serialisable.
+
+        ``publishes``: publish responses with data; ``values``: samples taken from them;
+        ``queued``: samples waiting to be read; ``dropped_overflow``: samples lost to the
+        overflow policy; ``handler_errors``: exceptions caught in the publish callback;
+        ``failed``: tags that could not be monitored, with their status code; ``disconnects``,
+        ``reconnects``, ``gaps``, ``disconnected_since`` (ISO UTC, None while connected);
+        ``writes`` and ``write_errors``: tags written and refused; ``decode``: value problems by
+        reason (wrong_type, non_finite, bad_timestamp, future_timestamp).
+        """
+        since = self._gap_since_ns
+        down = None if since is None else str(np.datetime64(since, "ns")) + "Z"
+        return {"connected": self._connected, "disconnected_since": down, "url": self.url,
+                "security": self.security, "username": self.username,
+                "password_set": self.__password is not None,
+                "subscriptions": len(self._subscriptions),
+                "items": len(self.tags) - len(self._failed), "failed": dict(self._failed),
+                "publishing_interval": self._revised_interval or self.publishing_interval,
+                "publishes": self._publishes, "values": self.stats.values,
+                "queued": self._buffered, "buffer_size": self.buffer_size,
+                "overflow": self.overflow, "dropped_overflow": self._dropped,
+                "handler_errors": self._handler_errors, "status_changes": self._status_changes,
+                "disconnects": self._disconnects, "reconnects": self._reconnects,
+                "gaps": self._gaps, "writes": self._writes, "write_errors": self._write_errors,
+                "batches": self._batches, "decode": self.stats.as_dict()}
+
+    def read_latest(self) -> Batch:
+        """The newest consumed sample of every tag seen so far, as a batch (one sample per tag)."""
+        seen = np.flatnonzero(~np.isnat(self._latest_time))
+        return Batch(seen.astype(np.int32), self._latest_time[seen], self._latest_value[seen],
+                     self._latest_quality[seen], tags=self.tags.names)
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, resolve the tags, create the subscriptions; idempotent.
+
+        Raises
+        ------
+        TimeoutError
+            No connection within ``connect_timeout`` (names the URL).
+        ConnectionError
+            The server refused the connection or the security settings.
+        PermissionError
+            The server refused the user identity (wrong user name or password).
+        LookupError
+            ``missing="raise"`` and some tags name nodes that do not exist.
+        """
+        if self._running:
+            return
+        self._ready = asyncio.Event()
+        client = await self._make_client()
+        try:
+            await asyncio.wait_for(client.connect(), self.connect_timeout)
+        except TimeoutError:
+            await self._abandon(client)
+            raise TimeoutError(f"OpcUaSource {self.url}: no connection within "
+                               f"{self.connect_timeout:g} s") from None
+        except Exception as exc:  # noqa: BLE001 - sorted into clear errors below
+            await self._abandon(client)
+            raise _connect_error(self.url, self.username, exc) from None
+        self._client = client
+        self._running = True
+        self._connected = True
+        try:
+            await asyncio.wait_for(self._subscribe(), self.connect_timeout)
+        except BaseException as exc:
+            await self._shutdown()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise TimeoutError(f"OpcUaSource {self.url}: subscribing {len(self.tags)} tags "
+                                   f"took longer than {self.connect_timeout:g} s") from None
+            raise
+
+    async def _make_client(self) -> Any:
+        from asyncua import Client, ua
+        from asyncua.crypto import security_policies
+
+        client = Client(self.url, timeout=self.request_timeout, watchdog_intervall=1.0,
+                        auto_reconnect=True, reconnect_max_delay=self.reconnect_max_delay,
+                        reconnect_request_timeout=self.request_timeout)
+        client.application_uri = APPLICATION_URI
+        client.name = client.description = "twinbench"
+        client.connection_lost_callback = self._on_connection_lost
+        if self.security != "none":
+            certificate, private_key = self.certificate, self.private_key
+            if certificate is None:
+                certificate, private_key = await self._own_certificate(client)
+            mode = (ua.MessageSecurityMode.Sign if self.security == "sign"
+                    else ua.MessageSecurityMode.SignAndEncrypt)
+            try:
+                await asyncio.wait_for(client.set_security(
+                    security_policies.SecurityPolicyBasic256Sha256, str(certificate),
+                    str(private_key), server_certificate=self.server_certificate, mode=mode),
+                    self.connect_timeout)
+            except TimeoutError:
+                raise TimeoutError(f"OpcUaSource {self.url}: no endpoint list within "
+                                   f"{self.connect_timeout:g} s") from None
+            except Exception as exc:  # noqa: BLE001 - e.g. no such endpoint on the server
+                raise ConnectionError(f"OpcUaSource {self.url}: security {self.security!r} "
+                                      f"(Basic256Sha256) is not available: {exc}") from None
+        if self.username is not None:
+            client.set_user(self.username)
+            if self.__password is not None:
+                client.set_password(self.__password)
+        return client
+
+    async def _own_certificate(self, client: Any) -> tuple[Path, Path]:
+        """The generated client certificate and key in ``cert_dir`` (made on first use)."""
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        key_file = self.cert_dir / "client-key.pem"
+        cert_file = self.cert_dir / "client-cert.der"
+        if not (key_file.exists() and cert_file.exists()):
+            _logger.info("opcua: generating a client certificate in %s", self.cert_dir)
+        await client.setup_self_signed_certificate(
+            key_file, cert_file, subject_attrs={"organizationName": "twinbench"},
+            extended=[ExtendedKeyUsageOID.CLIENT_AUTH])
+        return cert_file, key_file
+
+    @staticmethod
+    async def _abandon(client: Any) -> None:
+        try:
+            await asyncio.wait_for(client.disconnect(), 2.0)
+        except BaseException:  # noqa: BLE001 - half-open; nothing more to do
+            pass
+
+    async def _resolve(self) -> list[Any]:
+        """A ua.NodeId per tag (None for browse paths that do not resolve)."""
+        from asyncua import ua
+
+        node_ids: list[Any] = []
+        paths: list[tuple[int, OpcUaAddress]] = []
+        for i, name in enumerate(self.tags.names):
+            address = self.tags[name]
+            if address.node_id is not None:
+                node_ids.append(ua.NodeId.from_string(address.node_id))
+            else:
+                node_ids.append(None)
+                paths.append((i, address))
+        if paths:
+            requests = []
+            for _, address in paths:
+                elements = [ua.RelativePathElement(
+                    ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences),
+                    IsInverse=False, IncludeSubtypes=True,
+                    TargetName=ua.QualifiedName(name, ns)) for ns, name in address.browse_path]
+                requests.append(ua.BrowsePath(
+                    StartingNode=ua.NodeId(ua.ObjectIds.RootFolder),
+                    RelativePath=ua.RelativePath(Elements=elements)))
+            results = await self._client.uaclient.translate_browsepaths_to_nodeids(requests)
+            for (i, address), result in zip(paths, results):
+                if result.StatusCode.is_good() and result.Targets:
+                    node_ids[i] = result.Targets[0].TargetId
+                else:
+                    self._failed[self.tags.names[i]] = _status_name(result.StatusCode)
+        return node_ids
+
+    async def _server_limit(self, path: list[str]) -> int:
+        try:
+            node = await self._client.nodes.server.get_child(path)
+            value = await node.read_value()
+        except Exception:  # noqa: BLE001 - optional node: no limit advertised
+            return 0
+        return int(value or 0)
+
+    async def _subscribe(self) -> None:
+        from asyncua import ua
+
+        self._failed.clear()
+        self._node_ids = await self._resolve()
+        per_call = await self._server_limit(["0:ServerCapabilities", "0:OperationLimits",
+                                             "0:MaxMonitoredItemsPerCall"]) or 1000
+        per_sub = self.max_items_per_subscription
+        server_per_sub = await self._server_limit(["0:ServerCapabilities",
+                                                   "0:MaxMonitoredItemsPerSubscription"])
+        if server_per_sub:
+            per_sub = min(per_sub, server_per_sub)
+        wanted = [i for i, node_id in enumerate(self._node_ids) if node_id is not None]
+        mfilter = None
+        if self.deadband is not None:
+            mfilter = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValue,
+                                          DeadbandType=self.deadband[0],
+                                          DeadbandValue=self.deadband[1])
+        for start in range(0, len(wanted), per_sub):
+            sub = await self._new_subscription()
+            chunk = wanted[start:start + per_sub]
+            for first in range(0, len(chunk), per_call):
+                requests = [self._item_request(i, mfilter) for i in chunk[first:first + per_call]]
+                results = await sub.create_monitored_items(requests)
+                for request, result in zip(requests, results):
+                    if isinstance(result, ua.StatusCode):
+                        tag = self.tags.names[request.RequestedParameters.ClientHandle - 1]
+                        self._failed[tag] = _status_name(result)
+        if self._failed:
+            detail = ", ".join(f"{tag} ({code})" for tag, code in self._failed.items())
+            if self.missing == "raise":
+                raise LookupError(f"OpcUaSource {self.url}: cannot monitor {detail}")
+            _logger.warning("opcua %s: cannot monitor %s", self.url, detail)
+
+    def _item_request(self, index: int, mfilter: Any) -> Any:
+        from asyncua import ua
+
+        params = ua.MonitoringParameters()
+        # The client handle is the tag index + 1: the publish callback needs no lookup table.
+        params.ClientHandle = index + 1
+        params.SamplingInterval = self.sampling_interval
+        params.QueueSize = self.queue_size
+        params.DiscardOldest = True
+        if mfilter is not None:
+            params.Filter = mfilter
+        return ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=self._node_ids[index],
+                                         AttributeId=ua.AttributeIds.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting, RequestedParameters=params)
+
+    async def _new_subscription(self) -> Any:
+        from asyncua import ua
+
+        client = self._client
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=self.publishing_interval, RequestedLifetimeCount=10000,
+            RequestedMaxKeepAliveCount=client.get_keepalive_count(self.publishing_interval),
+            MaxNotificationsPerPublish=0, PublishingEnabled=True, Priority=0)
+        sub = _columnar_subscription_class()(client.uaclient.session, params, self)
+        result = await sub.init()
+        self._revised_interval = float(result.RevisedPublishingInterval)
+        # asyncua's reconnect supervisor restores the subscriptions it tracks in this list
+        # (Client.create_subscription does the same); asyncua is pinned to the 2.x API.
+        client._subscriptions.append(sub)
+        self._subscriptions.append(sub)
+        return sub
+
+    async def _on_connection_lost(self, exc: Exception) -> None:
+        if self._gap_since_ns is None and self._running:
+            self._gap_since_ns = time.time_ns()
+            self._disconnects += 1
+        self._connected = False
+        _logger.warning("opcua %s: connection lost (%s); reconnecting", self.url,
+                        type(exc).__name__)
+
+    # -- the publish callback (runs on the client's loop) --------------------------------------
+
+    def _on_publish(self, sub: Any, result: Any) -> None:
+        from asyncua import ua
+
+        try:
+            if self._gap_since_ns is not None:
+                self._queue_gap()
+            self._connected = True
+            data = result.NotificationMessage.NotificationData
+            if not data:
+                return
+            for notification in data:
+                if isinstance(notification, ua.DataChangeNotification):
+                    self._publishes += 1
+                    self._take_items(notification.MonitoredItems, time.time_ns())
+                elif isinstance(notification, ua.StatusChangeNotification):
+                    self._status_changes += 1
+                    self._log.warning("status", "opcua %s: subscription status %s", self.url,
+                                      _status_name(notification.Status))
+        except Exception:  # noqa: BLE001 - never raise into asyncua's publish loop
+            self._handler_errors += 1
+            self._log.warning("handler", "opcua %s: publish callback failed", self.url,
+                              exc_info=True)
+
+    def _queue_gap(self) -> None:
+        since, self._gap_since_ns = self._gap_since_ns, None
+        self._reconnects += 1
+        self._gaps += 1
+        self._buffer.append((None, since))
+        self._buffered += len(self.tags)
+        _logger.warning("opcua %s: reconnected; data between %s and now are missing", self.url,
+                        np.datetime64(since, "ns"))
+        if self._ready is not None:
+            self._ready.set()
+
+    def _take_items(self, items: list[Any], receive_ns: int) -> None:
+        columns = item_columns(items, len(self.tags), receive_ns, self.timestamps,
+                               self.max_clock_skew, self.stats)
+        n = len(columns[0])
+        if n == 0:
+            return
+        if self._buffered + n > self.buffer_size:
+            if self.overflow == "drop_newest":
+                self._dropped += n
+                self._log.warning("overflow", "opcua %s: buffer full (%d samples); dropping new "
+                                  "samples", self.url, self.buffer_size)
+                return
+            while self._buffer and self._buffered + n > self.buffer_size:
+                old = self._buffer.popleft()
+                lost = len(self.tags) if old[0] is None else len(old[0])
+                self._buffered -= lost
+                if old[0] is not None:
+                    self._dropped += lost
+            self._log.warning("overflow", "opcua %s: buffer full (%d samples); dropping the "
+                              "oldest", self.url, self.buffer_size)
+        self._buffer.append(columns)
+        self._buffered += n
+        if self._ready is not None:
+            self._ready.set()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _take(self) -> Batch | None:
+        buf = self._buffer
+        if not buf:
+            return None
+        if buf[0][0] is None:  # a gap marker is a batch of its own
+            _, since = buf.popleft()
+            self._buffered -= len(self.tags)
+            return Batch.gap(self.tags.names, np.datetime64(since, "ns"))
+        chunks = []
+        n = 0
+        while buf and buf[0][0] is not None and (not chunks or n + len(buf[0][0]) <= self.max_batch):
+            chunk = buf.popleft()
+            chunks.append(chunk)
+            n += len(chunk[0])
+        self._buffered -= n
+        if len(chunks) == 1:
+            tag, t, value, quality = chunks[0]
+        else:
+            tag, t, value, quality = (np.concatenate(col) for col in zip(*chunks))
+        return Batch._trusted(tag, t.view("datetime64[ns]"), value, quality, self.tags.names)
+
+    def _note(self, batch: Batch) -> Batch:
+        if len(batch):
+            rev_tag = batch.tag[::-1]
+            tags, first = np.unique(rev_tag, return_index=True)
+            last = len(batch) - 1 - first
+            self._latest_time[tags] = batch.time[last]
+            self._latest_value[tags] = batch.value[last]
+            self._latest_quality[tags] = batch.quality[last]
+        self._batches += 1
+        return batch
+
+    async def read(self, timeout: float | None = None) -> Batch | None:
+        """The next batch of buffered samples, waiting up to `timeout` s for one to arrive.
+
+        Returns an empty batch on timeout and None once the source is stopped and its buffer
+        drained.
+        """
+        if self._ready is None:
+            raise RuntimeError(f"OpcUaSource {self.url}: call start() before reading")
+        if not self._buffer:
+            if not self._running:
+                return None
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                pass
+        batch = self._take()
+        if batch is None:
+            if not self._running:
+                return None
+            return self._note(Batch.empty(self.tags.names))
+        return self._note(batch)
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        """Yield non-empty batches as samples arrive, until the source is stopped."""
+        while True:
+            batch = await self.read()
+            if batch is None:
+                return
+            if len(batch):
+                yield batch
+
+    async def read_values(self, names: list[str] | None = None) -> Batch:
+        """Read the current value of tags (all by default) directly, outside the subscription.
+
+        Returns a batch with one sample per tag (its SourceTimestamp, else the receive time).
+        """
+        from asyncua import ua
+
+        self._require_running()
+        names = list(self.tags.names) if names is None else list(names)
+        index = [self._tag_index(name) for name in names]
+        params = ua.ReadParameters(NodesToRead=[
+            ua.ReadValueId(NodeId=self._node_ids[i], AttributeId=ua.AttributeIds.Value)
+            for i in index])
+        values = await self._request(self._client.uaclient.read(params), "read")
+        items = [ua.MonitoredItemNotification(ClientHandle=i + 1, Value=dv)
+                 for i, dv in zip(index, values)]
+        tag, t, value, quality = item_columns(items, len(self.tags), time.time_ns(),
+                                              self.timestamps, self.max_clock_skew, DecodeStats())
+        return Batch._trusted(tag, t.view("datetime64[ns]"), value, quality, self.tags.names)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _require_running(self) -> None:
+        if self._client is None or not self._running:
+            raise RuntimeError(f"OpcUaSource {self.url}: call start() first")
+
+    def _tag_index(self, name: str) -> int:
+        try:
+            index = self.tags.index(name)
+        except (KeyError, ValueError):
+            raise KeyError(f"tag: {name!r} is not in this source's tags "
+                           f"{list(self.tags.names)}") from None
+        if self._node_ids[index] is None:
+            raise KeyError(f"tag: {name!r} has no node on the server ({self._failed.get(name)})")
+        return index
+
+    async def _request(self, coro: Any, what: str, timeout: float | None = None) -> Any:
+        timeout = self.request_timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"OpcUaSource {self.url}: no answer to {what} within "
+                               f"{timeout:g} s") from None
+
+    async def _variant_type(self, index: int) -> Any:
+        vtype = self._variant_types.get(index)
+        if vtype is None:
+            node = self._client.get_node(self._node_ids[index])
+            vtype = await node.read_data_type_as_variant_type()
+            self._variant_types[index] = vtype
+        return vtype
+
+    async def write(self, tag_or_mapping: str | Mapping[str, Any], value: Any = None, *,
+                    timeout: float | None = None) -> dict[str, Any]:
+        """Write tags, converting each value to its node's data type, and read them back.
+
+        Parameters
+        ----------
+        tag_or_mapping : str or mapping of str to value
+            One tag name (with `value`) or ``{tag: value}`` for several (one write request).
+        value : bool, int, float or str
+            The value for a single tag.
+        timeout : float, optional
+            Seconds for the write and its read-back; default ``write_timeout``.
+
+        Returns
+        -------
+        dict of str to object
+            Tag name to the value read back after the write.
+
+        Raises
+        ------
+        WriteRejected
+            The server refused some tags (``rejected`` names each with its status code, e.g.
+            ``BadOutOfRange``, ``BadUserAccessDenied``, ``BadNotWritable``), or a value cannot
+            be converted to its node's type (``BadTypeMismatch``, not sent). ``written`` holds
+            the tags of the same request that were written.
+        TimeoutError
+            No answer within `timeout`.
+        KeyError
+            A tag that is not in the tag map.
+        """
+        items = write_items(tag_or_mapping, value)
+        timeout = self.write_timeout if timeout is None else check_timeout(timeout, "timeout")
+        self._require_running()
+        index = {tag: self._tag_index(tag) for tag, _ in items}
+        return await self._request(self._write(items, index), "a write", timeout)
+
+    async def _write(self, items: list[tuple[str, Any]], index: dict[str, int]) -> dict[str, Any]:
+        from asyncua import ua
+
+        rejected: dict[str, str] = {}
+        to_write: list[tuple[str, Any]] = []
+        for tag, val in items:
+            vtype = await self._variant_type(index[tag])
+            try:
+                variant = ua.Variant(convert_for_write(val, vtype), vtype)
+            except (TypeError, ValueError) as exc:
+                rejected[tag] = f"BadTypeMismatch: {exc}"
+                continue
+            to_write.append((tag, variant))
+        written: dict[str, Any] = {}
+        if to_write:
+            params = ua.WriteParameters(NodesToWrite=[
+                ua.WriteValue(NodeId=self._node_ids[index[tag]],
+                              AttributeId=ua.AttributeIds.Value, Value=ua.DataValue(variant))
+                for tag, variant in to_write])
+            codes = await self._client.uaclient.write(params)
+            good = []
+            for (tag, _), code in zip(to_write, codes):
+                if code.is_good():
+                    good.append(tag)
+                else:
+                    rejected[tag] = _status_name(code)
+            if good:
+                read = ua.ReadParameters(NodesToRead=[
+                    ua.ReadValueId(NodeId=self._node_ids[index[tag]],
+                                   AttributeId=ua.AttributeIds.Value) for tag in good])
+                values = await self._client.uaclient.read(read)
+                written = {tag: (dv.Value.Value if dv.Value is not None else None)
+                           for tag, dv in zip(good, values)}
+        self._writes += len(written)
+        self._write_errors += len(rejected)
+        if rejected:
+            raise WriteRejected(rejected, written)
+        return written
+
+    # -- browsing ------------------------------------------------------------------------------
+
+    async def browse(self, root: str = "i=85", depth: int = 4, max_nodes: int = 5000
+                     ) -> BrowseNode:
+        """The address space below `root` as a tree (default: the Objects folder).
+
+        Parameters
+        ----------
+        root : str, default "i=85"
+            NodeId of the top node.
+        depth : int, default 4
+            Levels below `root` to follow.
+        max_nodes : int, default 5000
+            Stop after this many nodes (a node cut short has ``info["truncated"] = True``).
+
+        Returns
+        -------
+        BrowseNode
+            ``tree.variables()`` is a tag map of every variable found.
+        """
+        from asyncua import ua
+
+        self._require_running()
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"depth: expected an int >= 0, got {depth!r}")
+        node = self._client.get_node(ua.NodeId.from_string(root))
+        name = await self._request(node.read_browse_name(), "browse")
+        top = BrowseNode(name.to_string(), root, "Object")
+        count = [1]
+
+        async def expand(tree: BrowseNode, level: int) -> None:
+            if level >= depth:
+                return
+            children = await self._request(
+                self._client.get_node(ua.NodeId.from_string(tree.address)).get_children_descriptions(),
+                "browse")
+            for desc in children:
+                if count[0] >= max_nodes:
+                    tree.info["truncated"] = True
+                    return
+                count[0] += 1
+                child = BrowseNode(desc.BrowseName.to_string(), desc.NodeId.to_string(),
+                                   desc.NodeClass.name)
+                tree.children.append(child)
+                if desc.NodeClass in (ua.NodeClass.Object, ua.NodeClass.Variable):
+                    await expand(child, level + 1)
+
+        await expand(top, 0)
+        return top
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Delete the subscriptions and disconnect (bounded by ``connect_timeout``); idempotent.
+
+        Samples still buffered stay readable; :meth:`batches` ends once they are consumed.
+        """
+        if self._running or self._client is not None:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._running = False
+        client, self._client = self._client, None
+        self._subscriptions = []
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.disconnect(), self.connect_timeout)
+            except BaseException:  # noqa: BLE001 - gone already, or a dead connection
+                _logger.info("opcua %s: disconnect did not complete cleanly", self.url)
+        self._connected = False
+        self._gap_since_ns = None
+        if self._ready is not None:
+            self._ready.set()
+
+    # -- sync facade ---------------------------------------------------------------------------
+
+    def start_sync(self) -> None:
+        """:meth:`start` from synchronous code (a notebook cell), on a private loop thread."""
+        self._sync.run(self.start(), 3 * self.connect_timeout + 1.0)
+
+    def read_sync(self, timeout: float = 1.0) -> Batch | None:
+        """:meth:`read` from synchronous code: the next batch, empty after `timeout` s."""
+        return self._sync.run(self.read(timeout), timeout + self.request_timeout)
+
+    def read_values_sync(self, names: list[str] | None = None) -> Batch:
+        """:meth:`read_values` from synchronous code."""
+        return self._sync.run(self.read_values(names), 2 * self.request_timeout)
+
+    def write_sync(self, tag_or_mapping: str | Mapping[str, Any], value: Any = None, *,
+                   timeout: float | None = None) -> dict[str, Any]:
+        """:meth:`write` from synchronous code (after :meth:`start_sync`)."""
+        wait = self.write_timeout if timeout is None else check_timeout(timeout, "timeout")
+        return self._sync.run(self.write(tag_or_mapping, value, timeout=timeout), wait + 1.0)
+
+    def browse_sync(self, root: str = "i=85", depth: int = 4, max_nodes: int = 5000
+                    ) -> BrowseNode:
+        """:meth:`browse` from synchronous code."""
+        return self._sync.run(self.browse(root, depth, max_nodes), 60.0)
+
+    def stop_sync(self) -> None:
+        """:meth:`stop` from synchronous code, then end the private loop thread."""
+        if not self._sync.running:
+            return
+        try:
+            self._sync.run(self.stop(), self.connect_timeout + 1.0)
+        finally:
+            self._sync.close(self.connect_timeout)
+
+
+def _connect_error(url: str, username: str | None, exc: Exception) -> Exception:
+    name = type(exc).__name__
+    if name in ("BadUserAccessDenied", "BadIdentityTokenRejected", "BadIdentityTokenInvalid",
+                "BadUserSignatureInvalid"):
+        who = f"user {username!r}" if username else "anonymous access"
+        return PermissionError(f"OpcUaSource {url}: the server refused {who} ({name})")
+    if isinstance(exc, OSError):
+        return ConnectionError(f"OpcUaSource {url}: cannot connect ({exc.strerror or exc})")
+    return ConnectionError(f"OpcUaSource {url}: connection failed ({name}: {exc})")
+
+
+_SUBSCRIPTION_CLASS: Any = None
+
+
+def _columnar_subscription_class() -> Any:
+    """asyncua's Subscription with its publish callback replaced by :meth:`OpcUaSource._on_publish`.
+
+    Built on first use so that importing twinbench.io.opcua does not import asyncua.
+    """
+    global _SUBSCRIPTION_CLASS
+    if _SUBSCRIPTION_CLASS is None:
+        import time as _time
+
+        from asyncua.common.subscription import Subscription
+
+        class ColumnarSubscription(Subscription):
+            def __init__(self, server: Any, params: Any, owner: OpcUaSource) -> None:
+                # A handler object keeps asyncua off its iterator-queue path; it is never called.
+                super().__init__(server, params, handler=owner)
+                self._owner = owner
+
+            async def publish_callback(self, publish_result: Any) -> None:
+                # The bookkeeping asyncua's own callback does (the stale-subscription watchdog
+                # and republish-after-reconnect read these), then columns instead of events.
+                self.last_publish_at = _time.monotonic()
+                message = publish_result.NotificationMessage
+                if message.NotificationData is not None:
+                    self.last_sequence_number = int(message.SequenceNumber)
+                self._owner._on_publish(self, publish_result)
+
+        _SUBSCRIPTION_CLASS = ColumnarSubscription
+    return _SUBSCRIPTION_CLASS
+
+
+def item_columns(items: list[Any], n_tags: int, receive_ns: int, timestamps: str,
+                 max_clock_skew: float, stats: DecodeStats) -> tuple[np.ndarray, ...]:
+    """MonitoredItemNotifications (client handle = tag index + 1) as four numpy columns.
+
+    Returns ``(tag int32, time int64 ns, value float64, quality uint8)``. Never raises on bad
+    values: a non-numeric variant is a NaN sample with ``BAD_DECODE`` quality, a missing or
+    far-future timestamp becomes the receive time with ``UNCERTAIN`` quality, an unknown client
+    handle is skipped; each is counted in `stats`.
+    """
+    tags: list[int] = []
+    secs: list[float] = []
+    values: list[float] = []
+    codes: list[int] = []
+    marks: list[int] = []
+    receive_s = receive_ns / 1e9
+    limit = receive_s + max_clock_skew
+    use_source = timestamps == "source"
+    use_server = timestamps != "receive"
+    flags = stats.flags
+    for item in items:
+        stats.messages += 1
+        index = item.ClientHandle - 1
+        if not 0 <= index < n_tags:
+            stats.rejects[Reject.UNKNOWN_TOPIC] += 1
+            continue
+        dv = item.Value
+        mark = _GOOD
+        variant = dv.Value
+        v = None if variant is None else variant.Value
+        kind = type(v)
+        if kind is float:
+            if not math.isfinite(v):
+                flags[Reject.NON_FINITE] += 1
+                v = _NAN
+                mark = _BAD_DECODE
+        elif kind is int or kind is bool:
+            v = float(v)
+        else:
+            flags[Reject.WRONG_TYPE] += 1
+            v = _NAN
+            mark = _BAD_DECODE
+        ts = None
+        if use_source:
+            ts = dv.SourceTimestamp
+        if ts is None and use_server:
+            ts = dv.ServerTimestamp
+        if ts is None:
+            t = receive_s
+            if use_server:
+                flags[Reject.BAD_TIMESTAMP] += 1
+                mark = mark or _UNCERTAIN
+        else:
+            try:
+                t = ts.timestamp()
+            except (AttributeError, OverflowError, ValueError, OSError):
+                t = _MIN_VALID_TIME_S - 1.0
+            if t < _MIN_VALID_TIME_S:
+                flags[Reject.BAD_TIMESTAMP] += 1
+                t = receive_s
+                mark = mark or _UNCERTAIN
+            elif t > limit:
+                flags[Reject.FUTURE_TIMESTAMP] += 1
+                t = receive_s
+                mark = mark or _UNCERTAIN
+        status = dv.StatusCode
+        tags.append(index)
+        secs.append(t)
+        values.append(v)
+        codes.append(0 if status is None else status.value)
+        marks.append(mark)
+    n = len(tags)
+    stats.accepted += n
+    stats.values += n
+    tag = np.array(tags, dtype=np.int32)
+    # Microseconds are all a Python datetime holds; float64 seconds resolve them exactly today.
+    t_ns = (np.rint(np.array(secs, dtype=np.float64) * 1e6).astype(np.int64) * 1000
+            if n else np.empty(0, np.int64))
+    value = np.array(values, dtype=np.float64)
+    quality = np.maximum(quality_from_opcua_status(np.array(codes, dtype=np.uint32)),
+                         np.array(marks, dtype=np.uint8))
+    return tag, t_ns, value, quality
+
+
+# Python value -> ua.VariantType conversion rules for writes.
+_INT_RANGES = {"SByte": (-2**7, 2**7 - 1), "Byte": (0, 2**8 - 1), "Int16": (-2**15, 2**15 - 1),
+               "UInt16": (0, 2**16 - 1), "Int32": (-2**31, 2**31 - 1), "UInt32": (0, 2**32 - 1),
+               "Int64": (-2**63, 2**63 - 1), "UInt64": (0, 2**64 - 1)}
+
+
+def convert_for_write(value: Any, vtype: Any) -> Any:
+    """`value` as the Python value asyncua encodes for a node of VariantType `vtype`.
+
+    Numbers convert between int and float only without loss (``2.0`` to an Int32 node is 2;
+    ``2.5`` is refused); booleans go only to Boolean nodes and vice versa (``0``/``1`` are
+    accepted for a Boolean); strings only to String nodes.
+
+    Examples
+    --------
+    >>> from asyncua import ua
+    >>> convert_for_write(3, ua.VariantType.Double), convert_for_write(2.0, ua.VariantType.Int32)
+    (3.0, 2)
+    >>> convert_for_write(2.5, ua.VariantType.Int16)
+    Traceback (most recent call last):
+    ...
+    ValueError: 2.5 is not a whole number for an Int16 node
+    """
+    name = vtype.name
+    if name == "Boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise TypeError(f"{value!r} is not a boolean for a Boolean node")
+    if name in ("Double", "Float"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out = float(value)
+            if name == "Float" and math.isfinite(out) and abs(out) > 3.4028234663852886e38:
+                raise ValueError(f"{value!r} is out of range for a Float node")
+            return out
+        raise TypeError(f"{value!r} is not a number for a {name} node")
+    if name in _INT_RANGES:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{value!r} is not a number for an {name} node")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{value!r} is not a whole number for an {name} node")
+            value = int(value)
+        low, high = _INT_RANGES[name]
+        if not low <= value <= high:
+            raise ValueError(f"{value!r} is out of range for an {name} node")
+        return value
+    if name in ("String", "LocalizedText"):
+        if isinstance(value, str):
+            return value
+        raise TypeError(f"{value!r} is not a string for a {name} node")
+    raise TypeError(f"nodes of type {name} are not writable from twinbench")
