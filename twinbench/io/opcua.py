@@ -91,8 +91,9 @@ _GOOD = int(Quality.GOOD)
 _UNCERTAIN = int(Quality.UNCERTAIN)
 _BAD_DECODE = int(Quality.BAD_DECODE)
 _NAN = float("nan")
-# OPC-UA's "no time" is 1601-01-01 (DateTime 0): earlier than any real sample.
-_MIN_VALID_TIME_S = -11644473600.0 + 1.0
+# Earliest trusted timestamp: inside datetime64[ns] (from 1677-09-21), which also excludes
+# OPC-UA's "no time", 1601-01-01 (DateTime 0).
+_MIN_VALID_TIME_S = -9.2e9
 
 
 def opcua_source(url: str, tags: Any, *, publishing_interval: float = 100.0,
@@ -170,7 +171,7 @@ def opcua_source(url: str, tags: Any, *, publishing_interval: float = 100.0,
 
     Examples
     --------
-    >>> src = opcua_source("opc.tcp://localhost:4840", ["ns=2;s=Pump1.speed"],
+    >>> src = opcua_source("opc.tcp://localhost:4840", {"speed": "ns=2;s=Pump1.speed"},
     ...                    security="encrypt", username="operator", password="s3cret")
     >>> src.port, src.security, src.status["username"], "s3cret" in repr(src) + str(src.status)
     (4840, 'encrypt', 'operator', False)
@@ -1047,6 +1048,7 @@ def item_columns(items: list[Any], n_tags: int, receive_ns: int, timestamps: str
             stats.rejects[Reject.UNKNOWN_TOPIC] += 1
             continue
         dv = item.Value
+        status = dv.StatusCode
         mark = _GOOD
         variant = dv.Value
         v = None if variant is None else variant.Value
@@ -1058,6 +1060,8 @@ def item_columns(items: list[Any], n_tags: int, receive_ns: int, timestamps: str
                 mark = _BAD_DECODE
         elif kind is int or kind is bool:
             v = float(v)
+        elif v is None and status is not None and status.value >> 31:
+            v = _NAN  # a Bad status without a value: the status says it all
         else:
             flags[Reject.WRONG_TYPE] += 1
             v = _NAN
@@ -1085,7 +1089,6 @@ def item_columns(items: list[Any], n_tags: int, receive_ns: int, timestamps: str
                 flags[Reject.FUTURE_TIMESTAMP] += 1
                 t = receive_s
                 mark = mark or _UNCERTAIN
-        status = dv.StatusCode
         tags.append(index)
         secs.append(t)
         values.append(v)
