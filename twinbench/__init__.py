@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 # Importing the kernel checks that its compiled part is built and says what to do if not.
 from twinbench import models
+from twinbench.io import connect, replay
 from twinbench.kernel import (
     Cusum,
     EwmaZScore,
@@ -49,6 +50,9 @@ __all__ = [
     "RollingStats",
     # remaining useful life
     "ParticleFilterRUL",
+    # live equipment and recordings
+    "connect",
+    "replay",
     # metadata
     "__version__",
 ]

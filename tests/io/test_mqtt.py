@@ -676,3 +676,33 @@ def test_persistent_session_survives_dropped_connection_with_gap_marker(mosquitt
     seq = data.value[1:].astype(int)
     assert (data.quality[1:] == Quality.GOOD).all()
     assert len(seq) == n and np.array_equal(np.sort(seq), np.arange(n))
+
+
+def test_browse_shows_the_topics_seen_and_connect_dispatches_by_scheme(mosquitto: str) -> None:
+    import twinbench
+
+    async def main():
+        source = twinbench.connect(mosquitto, {"temp": "plant/pump1/telemetry#temperature"},
+                                   subscribe=["plant/#"])
+        assert isinstance(source, MqttSource)
+        async with source:
+            assert (await source.browse()).children == []
+            with publisher(mosquitto) as publish:
+                for pump in ("pump1", "pump2", "pump2"):
+                    publish(f"plant/{pump}/telemetry", json.dumps({"temperature": 1.0}))
+            await collect(source, lambda b: len(b) == 1)
+            deadline = time.monotonic() + 10
+            # pump2's messages arrive through the "plant/#" subscription: counted, not decoded
+            while source.status["decode"]["rejects"]["unknown_topic"] < 2:
+                assert time.monotonic() < deadline, source.status
+                await source.read(0.1)
+            tree = await source.browse()
+            assert source.status["messages"] == 3
+        assert not source.status["connected"]  # the context manager stopped it
+        return tree
+
+    tree = asyncio.run(main())
+    assert tree.variables() == {"telemetry": "plant/pump1/telemetry"}  # first of a name wins
+    topics = {node.address: node.info["messages"] for node in tree.walk() if node.is_value}
+    assert topics == {"plant/pump1/telemetry": 1, "plant/pump2/telemetry": 2}
+    assert [c.name for c in tree.find("plant").children] == ["pump1", "pump2"]

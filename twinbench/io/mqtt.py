@@ -53,11 +53,12 @@ import numpy as np
 from twinbench.io._common import WriteRejected, check_timeout, credentials, write_items
 from twinbench.io._sync import LoopThread
 from twinbench.io.batch import Batch
+from twinbench.io.browse import BrowseNode
 from twinbench.io.decode import Decoder, get_decoder
-from twinbench.io.tags import MqttAddress, TagMap, tag_map
+from twinbench.io.tags import MqttAddress, TagMap, tag_map, topic_filter
 
 __all__ = ["ENV_PASSWORD", "ENV_USERNAME", "KEYRING_SERVICE", "OVERFLOW_POLICIES", "PROTOCOLS",
-           "MqttSource", "WriteRejected", "mqtt_source", "stable_client_id"]
+           "MqttSource", "WriteRejected", "mqtt_source", "stable_client_id", "topic_tree"]
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block")
 PROTOCOLS = ("3.1.1", "5")
@@ -78,7 +79,7 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
                 ca_file: str | os.PathLike[str] | None = None,
                 certfile: str | os.PathLike[str] | None = None,
                 keyfile: str | os.PathLike[str] | None = None, tls_insecure: bool = False,
-                **decoder_options: Any) -> MqttSource:
+                subscribe: Any = (), **decoder_options: Any) -> MqttSource:
     """Create an MQTT source (not yet connected: call ``await source.start()``).
 
     Parameters
@@ -144,6 +145,10 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
     tls_insecure : bool, default False
         ``mqtts://`` only: skip the check that the certificate names the host (the chain is
         still verified). For brokers reached by an address their certificate does not list.
+    subscribe : sequence of str, optional
+        More subscriptions, wildcards allowed (``"plant/#"``, ``"plant/+/telemetry"``), to
+        discover what equipment publishes: :meth:`MqttSource.browse` lists every topic seen.
+        Messages on topics no tag maps are counted as ``unknown_topic`` and not decoded further.
     **decoder_options
         Passed to the decoder class (e.g. ``time_field="ts", time_format="epoch_ms"``).
 
@@ -193,6 +198,14 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
         if topic is not None and (not isinstance(topic, str) or not topic
                                   or "+" in topic or "#" in topic):
             raise ValueError(f"{name}: expected a topic without wildcards, got {topic!r}")
+    if isinstance(subscribe, str):
+        subscribe = [subscribe]
+    try:
+        patterns = tuple(dict.fromkeys(topic_filter(p) for p in subscribe))
+    except TypeError:
+        raise TypeError(f"subscribe: expected topic filters (str), got {subscribe!r}") from None
+    except ValueError as exc:
+        raise ValueError(f"subscribe: {exc}") from None
     if ack_topic is not None and command_topic is None:
         raise ValueError("ack_topic: needs a command_topic to acknowledge")
     if ack_topic is not None and ack_topic in {tm[name].topic for name in tm.names}:
@@ -209,7 +222,7 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
                       persistent=persistent, protocol=protocol,
                       session_expiry=int(session_expiry), command_topic=command_topic,
                       ack_topic=ack_topic, write_timeout=write_timeout, username=username,
-                      password=password, tls=tls_options)
+                      password=password, tls=tls_options, subscribe=patterns)
 
 
 def _credentials(username: Any, password: Any, host: str,
@@ -331,7 +344,8 @@ class MqttSource:
                  protocol: str = "3.1.1", session_expiry: int = 3600,
                  command_topic: str | None = None, ack_topic: str | None = None,
                  write_timeout: float = 5.0, username: str | None = None,
-                 password: str | None = None, tls: Mapping[str, Any] | None = None) -> None:
+                 password: str | None = None, tls: Mapping[str, Any] | None = None,
+                 subscribe: tuple[str, ...] = ()) -> None:
         self.url = url
         self.host = host
         self.port = port
@@ -359,9 +373,11 @@ class MqttSource:
         self._acks_invalid = 0
         self._commands = 0
         self.topics = tuple(dict.fromkeys(tags[name].topic for name in tags.names))
+        self.patterns = tuple(p for p in subscribe if p not in self.topics)
 
         # Items are (topic, payload, receive_ns); a topic of None is a gap marker (see _GAP).
         self._buffer: collections.deque[tuple[str | None, bytes, int]] = collections.deque()
+        self._seen: dict[str, int] = {}  # topic -> messages received, for browse()
         self._cond = threading.Condition()  # guards _buffer, counters, _wake_pending
         self._wake_pending = False
         self._client: Any = None
@@ -428,7 +444,10 @@ class MqttSource:
             if self.ack_topic is not None and message.topic == self.ack_topic:
                 self._on_ack(message.payload)
                 return
-            item = (message.topic, message.payload, time.time_ns())
+            topic = message.topic
+            item = (topic, message.payload, time.time_ns())
+            # Only this thread writes the counts; browse() reads a copy.
+            self._seen[topic] = self._seen.get(topic, 0) + 1
             wake = False
             with self._cond:
                 self._messages += 1
@@ -630,7 +649,7 @@ class MqttSource:
             raise
 
     def _subscriptions(self) -> list[tuple[str, int]]:
-        subs = [(t, self.qos) for t in self.topics]
+        subs = [(t, self.qos) for t in (*self.topics, *self.patterns)]
         if self.ack_topic is not None:
             subs.append((self.ack_topic, 1))
         return subs
@@ -720,6 +739,21 @@ class MqttSource:
             with self._cond:
                 for command_id in ids.values():
                     self._pending.pop(command_id, None)
+
+    async def browse(self) -> BrowseNode:
+        """The topics messages arrived on so far, as a tree of topic levels.
+
+        A node that received messages has ``kind == "topic"``, its topic as ``address`` and
+        ``info["messages"]``; ``tree.variables()`` maps the last level of each topic to it.
+        """
+        return topic_tree(dict(self._seen), self.url)
+
+    async def __aenter__(self) -> MqttSource:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
         """Disconnect and stop paho's thread (bounded by ``connect_timeout``); idempotent.
@@ -831,6 +865,10 @@ class MqttSource:
         return self._run_sync(self.write(tag_or_mapping, value, timeout=timeout),
                               wait + self.connect_timeout)
 
+    def browse_sync(self) -> BrowseNode:
+        """:meth:`browse` from synchronous code."""
+        return topic_tree(dict(self._seen), self.url)
+
     def stop_sync(self) -> None:
         """:meth:`stop` from synchronous code, then end the private loop thread."""
         if not self._sync.running:
@@ -839,3 +877,34 @@ class MqttSource:
             self._run_sync(self.stop(), 2 * self.connect_timeout + 1.0)
         finally:
             self._sync.close(self.connect_timeout)
+
+
+def topic_tree(counts: Mapping[str, int], root: str = "") -> BrowseNode:
+    """MQTT topics (with their message counts) as a tree of topic levels.
+
+    Examples
+    --------
+    >>> tree = topic_tree({"plant/pump1/telemetry": 12, "plant/pump1/ack": 1}, "mqtt://h:1883")
+    >>> print(tree)
+    mqtt://h:1883
+    └── plant
+        └── pump1
+            ├── ack  = plant/pump1/ack
+            └── telemetry  = plant/pump1/telemetry
+    >>> tree.find("telemetry").info
+    {'messages': 12}
+    """
+    top = BrowseNode(root, None, "level")
+    for topic in sorted(counts):
+        node = top
+        levels = topic.split("/")
+        for depth, level in enumerate(levels):
+            child = next((c for c in node.children if c.name == level), None)
+            if child is None:
+                child = BrowseNode(level, None, "level")
+                node.children.append(child)
+            node = child
+            if depth == len(levels) - 1:
+                node.kind, node.address = "topic", topic
+                node.info["messages"] = counts[topic]
+    return top

@@ -921,6 +921,13 @@ class OpcUaSource:
 
     # -- stopping ------------------------------------------------------------------------------
 
+    async def __aenter__(self) -> OpcUaSource:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         """Delete the subscriptions and disconnect (bounded by ``connect_timeout``); idempotent.
 
