@@ -23,6 +23,9 @@ BENCH_AREAS = {
     "estimate": ["estimate"],
     "detect": ["detect"],
     "rul": ["rul"],
+    "io": ["io_mqtt", "io_opcua"],
+    "mqtt": ["io_mqtt"],
+    "opcua": ["io_opcua"],
 }
 
 

@@ -452,10 +452,14 @@ class OpcUaSource:
         from asyncua import Client, ua
         from asyncua.crypto import security_policies
 
-        client = Client(self.url, timeout=self.request_timeout, watchdog_intervall=1.0,
+        # The watchdog's liveness probe times out after its interval: a busy server must not
+        # count as lost after 1 s (a closed socket is noticed at once regardless).
+        client = Client(self.url, timeout=self.request_timeout,
+                        watchdog_intervall=self.request_timeout,
                         auto_reconnect=True, reconnect_max_delay=self.reconnect_max_delay,
                         reconnect_request_timeout=self.request_timeout)
         client.application_uri = APPLICATION_URI
+        client.session_timeout = 600_000  # what asyncua servers grant; asking more only warns
         client.name = client.description = "twinbench"
         client.connection_lost_callback = self._on_connection_lost
         if self.security != "none":
