@@ -288,7 +288,11 @@ class Batch:
 
     def __repr__(self) -> str:
         span = f", {self.time.min()} .. {self.time.max()}" if len(self) else ""
-        return f"Batch({len(self)} samples, tags={list(self.tags)}{span})"
+        tags = list(self.tags)
+        if len(tags) > 8:  # a thousand tag names help nobody reading a repr
+            shown = ", ".join(repr(t) for t in tags[:3] + ["…"] + tags[-2:]).replace("'…'", "…")
+            return f"Batch({len(self)} samples, {len(tags)} tags [{shown}]{span})"
+        return f"Batch({len(self)} samples, tags={tags}{span})"
 
     @classmethod
     def empty(cls, tags: Sequence[str]) -> Batch:
