@@ -90,21 +90,19 @@ def _record(args: argparse.Namespace) -> int:
     import urllib.parse
 
     scheme = urllib.parse.urlsplit(args.url).scheme.lower()
-    if scheme == "opc.tcp":
-        print("twinbench record: opc.tcp:// sources are not supported yet; use an mqtt:// URL",
-              file=sys.stderr)
+    if scheme not in ("mqtt", "mqtts", "opc.tcp"):
+        print(f"twinbench record: URL: expected opc.tcp://, mqtt:// or mqtts://, got "
+              f"{args.url!r}", file=sys.stderr)
         return 2
-    if scheme != "mqtt":
-        print(f"twinbench record: URL: expected mqtt://host:port, got {args.url!r}", file=sys.stderr)
-        return 2
-    from twinbench.io.mqtt import mqtt_source
+    from twinbench.io import connect
     from twinbench.io.record import record
     from twinbench.io.tags import tag_map
 
+    kind = "opc.tcp" if scheme == "opc.tcp" else "mqtt"
     try:
         entries: dict = {}
         if args.tags:
-            tm = tag_map(args.tags, scheme="mqtt")
+            tm = tag_map(args.tags, scheme=kind)
             for name in tm.names:
                 entry = {"address": str(tm[name])}
                 if name in tm.units:
@@ -119,19 +117,27 @@ def _record(args: argparse.Namespace) -> int:
             entries[name] = {"address": address}
         if not entries:
             raise ValueError("--tag/--tags: expected at least one tag")
-        options = {}
-        if args.time_field:
-            options = {"time_field": args.time_field, "time_format": args.time_format}
-        source = mqtt_source(args.url, tag_map(entries, scheme="mqtt"), **options)
+        options: dict = {}
+        if kind == "mqtt":
+            if args.time_field:
+                options = {"time_field": args.time_field, "time_format": args.time_format}
+        else:
+            if args.time_field:
+                raise ValueError("--time-field: OPC-UA samples carry their SourceTimestamp")
+            options = {"security": args.security,
+                       "publishing_interval": args.publishing_interval}
+        source = connect(args.url, tag_map(entries, scheme=kind), **options)
         ds = record(source, args.duration, args.out, max_samples=args.max_samples)
-    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+    except (ValueError, TypeError, KeyError, LookupError, OSError, ImportError) as exc:
         print(f"twinbench record: {exc}", file=sys.stderr)
         return 2
     status = json.loads(ds.attrs.get("twinbench_status", "{}"))
-    rejects = {k: v for k, v in status.get("decode", {}).get("rejects", {}).items() if v}
+    decode = status.get("decode", {})
+    problems = {k: v for part in ("rejects", "flags") for k, v in decode.get(part, {}).items()
+                if v}
     print(f"recorded {len(source.tags)} tags, {ds.attrs['twinbench_samples']} samples at "
-          f"{ds.sizes['time']} times to {args.out}; messages {status.get('messages', 0)}, "
-          f"rejects {rejects or 'none'}")
+          f"{ds.sizes['time']} times to {args.out}; received {decode.get('messages', 0)}, "
+          f"problems {problems or 'none'}")
     return 0
 
 
@@ -182,9 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record live tags into a .nc dataset file",
                        description="Record tags of a live source for a while into an xarray "
                                    "dataset file (NetCDF3 .nc; .zarr needs the zarr package).")
-    r.add_argument("url", metavar="URL", help="mqtt://host:port (opc.tcp:// not supported yet)")
+    r.add_argument("url", metavar="URL",
+                   help="opc.tcp://host:port/path, mqtt://host:port or mqtts://host:port "
+                        "(credentials from TWINBENCH_OPCUA_*/TWINBENCH_MQTT_* variables)")
     r.add_argument("--tag", action="append", metavar="NAME=ADDRESS",
-                   help="a tag, e.g. temp=plant/pump1/telemetry#temperature (repeatable)")
+                   help="a tag, e.g. temp=plant/pump1/telemetry#temperature or "
+                        "speed=ns=2;s=Pump1.speed (repeatable)")
     r.add_argument("--tags", metavar="FILE", help="a YAML/JSON tag map file")
     r.add_argument("--duration", type=float, required=True, metavar="SECONDS",
                    help="how long to record")
@@ -193,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-field", default=None,
                    help="JSON field holding the sample time (default: receive time)")
     r.add_argument("--time-format", default="epoch_ms", help="format of --time-field")
+    r.add_argument("--security", default="none", choices=("none", "sign", "encrypt"),
+                   help="OPC-UA: Basic256Sha256 Sign or SignAndEncrypt (default none)")
+    r.add_argument("--publishing-interval", type=float, default=100.0, metavar="MS",
+                   help="OPC-UA: publishing and sampling interval in ms (default 100)")
     r.add_argument("--out", required=True, metavar="FILE.nc", help="output file")
     r.set_defaults(func=_record)
 

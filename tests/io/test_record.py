@@ -213,8 +213,8 @@ def test_cli_record_end_to_end(mosquitto: str, tmp_path: Path) -> None:
         assert ds["a"].values[~np.isnan(ds["a"].values)].tolist() == [1.5]
         assert ds["b"].values[~np.isnan(ds["b"].values)].tolist() == [2.5]
 
-    bad = subprocess.run([sys.executable, "-m", "twinbench", "record", "opc.tcp://127.0.0.1:4840",
+    bad = subprocess.run([sys.executable, "-m", "twinbench", "record", "http://127.0.0.1:4840",
                           "--tag", "a=ns=2;i=1", "--duration", "1", "--out", str(tmp_path / "o.nc")],
                          capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 2
-    assert "not supported yet" in bad.stderr
+    assert "expected opc.tcp://, mqtt:// or mqtts://" in bad.stderr
