@@ -227,3 +227,32 @@ def test_speedup_advances_simulated_time(fast_plant, plant):
     assert 60 * (wall - 0.25) < sim < 60 * (wall + 0.25)
     sim1, wall1 = run(span(plant.opcua_url))
     assert wall1 - 0.2 < sim1 < wall1 + 0.2
+
+
+def test_subscription_delivers_changes(plant, async_wait_until):
+    """A plain asyncua subscription: every subscribed tag notifies again and again (the plant's
+    shared DataValues survive asyncua's per-item copy)."""
+    async def main():
+        seen: dict[str, list] = {}
+
+        class Handler:
+            def datachange_notification(self, node, value, data):
+                seen.setdefault(node.nodeid.Identifier, []).append(
+                    data.monitored_item.Value.SourceTimestamp)
+
+        names = ["Pump1.speed", "Pump1.sequence", "Wind1.power", "Bench.Tag0000",
+                 "Bench.Tag0049"]
+        async with Client(plant.opcua_url, timeout=10) as client:
+            sub = await client.create_subscription(50, Handler())
+            await sub.subscribe_data_change([client.get_node(f"ns=2;s={n}") for n in names])
+
+            async def enough():
+                return all(len(seen.get(n, ())) >= 4 for n in names)
+
+            await async_wait_until(enough, 10, "4 notifications of every subscribed tag")
+            await sub.delete()
+        for n in names:
+            stamps = seen[n]
+            assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), n
+
+    run(main())

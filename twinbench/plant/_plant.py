@@ -137,7 +137,8 @@ class Plant:
         self._port: int | None = None
         self.sim_start: float | None = None
         self.ticks = 0
-        self.overruns = 0
+        self.overruns = 0  # ticks skipped because the plant fell behind
+        self.bench_skipped = 0  # bench updates skipped likewise
 
     # -- public properties -------------------------------------------------------------------
     @property
@@ -243,22 +244,21 @@ class Plant:
         period = 1.0 / self.rate
         t0 = loop.time()
         done = 0  # ticks whose simulated time has been integrated
+        due = 1  # the next tick, due at t0 + due * period
         while True:
-            # absolute deadlines: the clock never drifts by the work of a tick
-            due = done + 1
-            delay = t0 + due * period - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now_ticks = int((loop.time() - t0) / period)
-            behind = max(due, now_ticks)
-            if behind > due:
-                self.overruns += behind - due
-            steps = behind - done
-            done = behind
+            # absolute deadlines: the clock never drifts by the work of a tick; always yield
+            await asyncio.sleep(max(t0 + due * period - loop.time(), 0.0))
             try:
-                await self._tick(steps * period * self.speedup, done * period * self.speedup)
+                await self._tick((due - done) * period * self.speedup, due * period * self.speedup)
             except Exception:  # noqa: BLE001 - a tick must never kill the plant
                 _logger.exception("plant: tick failed")
+            done = due
+            # behind (a slow tick, a busy machine): skip to the next deadline still ahead; the
+            # next tick integrates the skipped simulated time, so the clocks stay in step
+            late = int((loop.time() - t0) / period) + 1
+            if late > due + 1:
+                self.overruns += late - due - 1
+            due = max(due + 1, late)
 
     async def _tick(self, sim_dt: float, elapsed: float | None = None) -> None:
         if elapsed is None:
@@ -279,15 +279,14 @@ class Plant:
         loop = asyncio.get_running_loop()
         period = 1.0 / self.bench_rate
         t0 = loop.time()
-        k = 0
+        due = 1
         while True:
-            k += 1
-            delay = t0 + k * period - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                k = int((loop.time() - t0) / period)  # behind: skip, never queue
+            await asyncio.sleep(max(t0 + due * period - loop.time(), 0.0))
             await self._server.publish_bench(time.time())
+            late = int((loop.time() - t0) / period) + 1
+            if late > due + 1:  # behind: skip updates, never queue them
+                self.bench_skipped += late - due - 1
+            due = max(due + 1, late)
 
     # -- writes ------------------------------------------------------------------------------
     async def _on_opcua_write(self, asset: AssetSim, tag: str, value: Any) -> None:
