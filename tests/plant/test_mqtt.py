@@ -174,3 +174,29 @@ def test_publish_to_a_given_broker(start_plant, stop_plant, tmp_path):
         assert broker.proc.poll() is None
     finally:
         asyncio.run(broker.stop())
+
+
+def test_broker_fallbacks(monkeypatch, caplog):
+    """Without mosquitto: the embedded amqtt broker if importable, else none (with a warning)."""
+    import asyncio
+    import importlib.util
+    import logging
+    import sys
+
+    from twinbench.plant import _broker
+
+    monkeypatch.setattr(_broker, "find_mosquitto", lambda: None)
+    if importlib.util.find_spec("amqtt") is not None:
+        async def embedded():
+            broker = await _broker.start_broker()
+            try:
+                assert broker.kind == "amqtt" and broker.url.startswith("mqtt://127.0.0.1:")
+                await asyncio.to_thread(lambda: Listener(broker.url, ["x/y"]).close())
+            finally:
+                await broker.stop()
+
+        asyncio.run(asyncio.wait_for(embedded(), 30))
+    monkeypatch.setitem(sys.modules, "amqtt.broker", None)  # amqtt not importable
+    with caplog.at_level(logging.WARNING, logger="twinbench.plant"):
+        assert asyncio.run(_broker.start_broker()) is None
+    assert "running OPC-UA only" in caplog.text

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +45,17 @@ def _listening(port: int) -> bool:
         return False
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGTERM the broker when the plant dies (even by SIGKILL), so none is orphaned."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: stop() is then the only cleanup
+        pass
+
+
 class Mosquitto:
     """A mosquitto process on a free loopback port (``url``), config in a temporary directory."""
 
@@ -53,7 +66,10 @@ class Mosquitto:
         self.kind = "mosquitto"
         self._dir = tempfile.TemporaryDirectory(prefix="twinbench-plant-mosquitto-")
         self.config = Path(self._dir.name) / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        # as root, mosquitto would switch to its own user, which also clears the parent-death
+        # signal (_die_with_parent): stay root instead (it only reads this config)
+        user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
+        self.config.write_text(f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                                "persistence false\nmax_queued_messages 100000\n")
         self.log_path = Path(self._dir.name) / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,7 +77,9 @@ class Mosquitto:
     async def start(self, timeout: float = 10.0) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent if sys.platform.startswith(
+                                             "linux") else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -100,15 +118,19 @@ class EmbeddedBroker:
     async def start(self) -> None:
         from amqtt.broker import Broker
 
-        config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
-            "sys_interval": 0,
-            "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
-            "topic-check": {"enabled": False},
-        }
+        listeners = {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}}
+        # amqtt >= 0.12: only the plugins named load (no packet logger, no $SYS topics)
+        config = {"listeners": listeners, "plugins": {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
         logging.getLogger("amqtt").setLevel(logging.WARNING)
         logging.getLogger("transitions").setLevel(logging.WARNING)
-        self._broker = Broker(config)
+        try:
+            self._broker = Broker(config)
+        except Exception:  # noqa: BLE001 - amqtt < 0.12 takes the older configuration form
+            self._broker = Broker({"listeners": listeners, "sys_interval": 0,
+                                   "auth": {"allow-anonymous": True,
+                                            "plugins": ["auth_anonymous"]},
+                                   "topic-check": {"enabled": False}})
         await self._broker.start()
 
     async def stop(self) -> None:
