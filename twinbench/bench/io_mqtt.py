@@ -19,7 +19,7 @@ Throughput (QoS 0, and QoS 1 for the "zero loss" half of the issue)
       ``on_message`` does ``json.loads(payload)`` (stdlib) and counts;
     * twinbench: ``mqtt_source(url, {speed, flow_rate, pressure, vibration}, qos=...,
       decoder="json", time_field="ts", time_format="epoch_ms")`` read with ``await
-      src.read(0.5)`` in an asyncio loop until all 4 x N samples have arrived;
+      src.read(0.05)`` in an asyncio loop until all 4 x N samples have arrived;
     * the C ceiling: ``mosquitto_sub -C N`` (QoS 0 only).
 
     Rate = N / (time the receiver holds the last message - time just before the publisher
@@ -39,6 +39,12 @@ Latency at 5,000 msg/s
     percentiles are over all messages. When the publisher itself misses its schedule by > 1 ms
     for more than 5 % of the messages, the figures carry a ``note`` that the machine was
     overloaded.
+
+    This part runs on a second mosquitto with ``set_tcp_nodelay true``, and the publisher sets
+    ``TCP_NODELAY`` on its socket (paho does not): with Nagle's algorithm on either hop, ~100-byte
+    messages now and then wait for a delayed ACK, and both receivers, bare paho included, show a
+    p99 of ~40 ms that says nothing about the source. A twin's broker config should set
+    ``set_tcp_nodelay true`` too. The throughput part uses mosquitto's defaults.
 """
 
 from __future__ import annotations
@@ -71,6 +77,10 @@ TAGS = {name: f"{TOPIC}#{name}" for name in ("speed", "flow_rate", "pressure", "
 LATENCY_TARGET_MS = 10.0
 LATENCY_RATE = 5_000
 
+#: Extra mosquitto.conf lines of the latency broker, and TCP_NODELAY on the paced publisher's
+#: socket: see "Latency" in the module docstring.
+LATENCY_BROKER_EXTRA = "set_tcp_nodelay true\n"
+_PUB_NODELAY = True
 _MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 _PUB = shutil.which("mosquitto_pub")
 _SUB = shutil.which("mosquitto_sub")
@@ -85,24 +95,28 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _broker(workdir: Path) -> Iterator[int]:
-    """A mosquitto on a free loopback port for the duration of the block; yields the port."""
+def _broker(workdir: Path, extra: str = "") -> Iterator[int]:
+    """A mosquitto on a free loopback port for the duration of the block; yields the port.
+
+    Its log is ``workdir / f"mosquitto-{port}.log"``; `extra` lines are added to its config.
+    """
     port = _free_port()
-    conf = workdir / "mosquitto.conf"
+    conf = workdir / f"mosquitto-{port}.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                     "max_queued_messages 1000000\nmax_queued_bytes 0\n"
-                    "max_inflight_messages 0\n"
+                    "max_inflight_messages 0\n" + extra +
                     # "subscribe" logs each SUBSCRIBE: how the C subscriber is seen to be ready.
                     "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
                     "log_type subscribe\n")
-    log = (workdir / "mosquitto.log").open("ab")
+    log_path = workdir / f"mosquitto-{port}.log"
+    log = log_path.open("ab")
     proc = subprocess.Popen([_MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10.0
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited with code {proc.returncode}: "
-                                   f"{(workdir / 'mosquitto.log').read_text()[-500:]}")
+                                   f"{log_path.read_text()[-500:]}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     break
@@ -159,11 +173,14 @@ def _start_c_publisher(port: int, lines: Path, qos: int) -> subprocess.Popen[byt
 
 # A paced publisher (its own process): `rate` msg/s for `seconds`, publish wall time (ns) in "ts".
 _PACED_PUBLISHER = r"""
-import sys, time
+import socket, sys, time
 from paho.mqtt.client import CallbackAPIVersion, Client
 port, topic, rate, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+nodelay = sys.argv[5] == "1"
 c = Client(CallbackAPIVersion.VERSION2)
 c.connect("127.0.0.1", port, 30)
+if nodelay:  # paho leaves Nagle on: 100-byte publishes may wait for the broker's delayed ACK
+    c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 c.loop_start()
 n = int(rate * seconds)
 period = 1.0 / rate
@@ -187,7 +204,8 @@ print(n, elapsed, late, flush=True)
 
 def _start_paced_publisher(port: int, seconds: float) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", _PACED_PUBLISHER, str(port), TOPIC,
-                             str(LATENCY_RATE), str(seconds)], stdout=subprocess.PIPE,
+                             str(LATENCY_RATE), str(seconds), "1" if _PUB_NODELAY else "0"],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -312,7 +330,7 @@ def _c_subscriber(port: int, n: int, start_publisher: Any, workdir: Path,
                   timeout: float) -> dict[str, Any]:
     """``mosquitto_sub -C n`` (QoS 0): the C client's rate, the ceiling to approach."""
     client_id = f"twinbench-bench-csub-{os.getpid()}-{time.monotonic_ns()}"
-    broker_log = workdir / "mosquitto.log"
+    broker_log = workdir / f"mosquitto-{port}.log"
     sub = subprocess.Popen([_SUB, "-h", "127.0.0.1", "-p", str(port), "-t", TOPIC, "-q", "0",
                             "-C", str(n), "-i", client_id], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -512,6 +530,7 @@ def _latency(port: int, seconds: float, rounds: int) -> list[dict]:
     b50, b99 = (np.percentile(bare_ns, [50, 99]) / 1e6).tolist()
     late = sum(r["publisher_late"] for r in tb_runs + bare_runs)
     common = {"rate_msg_s": LATENCY_RATE, "seconds": seconds * rounds,
+              "transport": "TCP_NODELAY on the publisher, set_tcp_nodelay true in mosquitto",
               "publisher_rate": round(min(r["publisher_rate"] for r in tb_runs + bare_runs)),
               "publisher_late": late}
     if late > 0.05 * 2 * expected:
@@ -556,6 +575,7 @@ def run(quick: bool = False) -> list[dict]:
                     figs += _throughput(port, workdir, 1, n_qos1, 1, with_c=False)
                 except Exception as exc:  # noqa: BLE001 - a failed measurement is a figure
                     figs = _none_figures(f"throughput run failed: {exc!r}")
+        with _broker(workdir, LATENCY_BROKER_EXTRA) as port:
             try:
                 figs += _latency(port, seconds, rounds)
             except Exception as exc:  # noqa: BLE001
