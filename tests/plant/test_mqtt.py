@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import uuid
@@ -60,7 +61,7 @@ def test_telemetry_arrives_with_increasing_seq(mqtt_plant):
         listener.close()
     seqs = [m["seq"] for m in msgs]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
-    assert all(b - a == 1 for a, b in zip(seqs, seqs[1:]))
+    assert all(b - a == 1 for a, b in itertools.pairwise(seqs))
     ts = [m["ts"] for m in msgs]
     assert all(isinstance(t, int) for t in ts) and ts == sorted(ts) and ts[0] < ts[-1]
     for m in msgs:

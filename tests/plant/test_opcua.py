@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 asyncua = pytest.importorskip("asyncua")
-from asyncua import Client, ua  # noqa: E402
-from asyncua.ua.uaerrors import UaStatusCodeError  # noqa: E402
+from asyncua import Client, ua
+from asyncua.ua.uaerrors import UaStatusCodeError
 
 PUMP_OUTPUTS = ["speed", "flow_rate", "total_head", "pressure", "motor_temperature", "vibration",
                 "current", "power"]

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 asyncua = pytest.importorskip("asyncua")
-from asyncua import Client, ua  # noqa: E402
+from asyncua import Client, ua
 
 USER, PASSWORD = "operator", "Plant-test-pw-41c9"
 CLIENT_URI = "urn:twinbench:tests:client"
@@ -23,9 +23,8 @@ def secure_plant(start_plant, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client_cert(tmp_path_factory):
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
     from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     d = tmp_path_factory.mktemp("client-cert")
     key, cert = d / "client-key.pem", d / "client-cert.der"

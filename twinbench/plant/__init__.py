@@ -23,4 +23,4 @@ from __future__ import annotations
 from twinbench.plant._faults import FAULT_KINDS, Fault, format_faults, parse_faults
 from twinbench.plant._plant import Plant, run_plant
 
-__all__ = ["Plant", "run_plant", "parse_faults", "format_faults", "Fault", "FAULT_KINDS"]
+__all__ = ["FAULT_KINDS", "Fault", "Plant", "format_faults", "parse_faults", "run_plant"]

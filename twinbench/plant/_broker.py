@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_mosquitto", "start_broker", "Mosquitto", "EmbeddedBroker"]
+__all__ = ["EmbeddedBroker", "Mosquitto", "find_mosquitto", "start_broker"]
 
 _logger = logging.getLogger("twinbench.plant")
 
@@ -45,15 +45,25 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGTERM the broker when the plant dies (even by SIGKILL), so none is orphaned."""
+def _parent_death_signal() -> Any:
+    """Linux: a ``preexec_fn`` that has the kernel SIGTERM the broker when the plant dies (even
+    by SIGKILL), so that none is orphaned; None elsewhere. Everything is looked up here, in the
+    parent: the child between fork and exec only calls prctl (no imports, no locks)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
         import signal
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - not Linux: stop() is then the only cleanup
-        pass
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        sigterm = int(signal.SIGTERM)
+    except (ImportError, OSError, AttributeError):
+        return None
+
+    def set_pdeathsig() -> None:  # pragma: no cover - runs in the child
+        prctl(1, sigterm)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
 
 
 class Mosquitto:
@@ -67,7 +77,7 @@ class Mosquitto:
         self._dir = tempfile.TemporaryDirectory(prefix="twinbench-plant-mosquitto-")
         self.config = Path(self._dir.name) / "mosquitto.conf"
         # as root, mosquitto would switch to its own user, which also clears the parent-death
-        # signal (_die_with_parent): stay root instead (it only reads this config)
+        # signal (_parent_death_signal): stay root instead (it only reads this config)
         user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         self.config.write_text(f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                                "persistence false\nmax_queued_messages 100000\n")
@@ -76,10 +86,9 @@ class Mosquitto:
 
     async def start(self, timeout: float = 10.0) -> None:
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         preexec_fn=_die_with_parent if sys.platform.startswith(
-                                             "linux") else None)
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                [self.binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=_parent_death_signal())  # noqa: PLW1509
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

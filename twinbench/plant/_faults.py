@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Fault", "FAULT_KINDS", "parse_faults", "format_faults"]
+__all__ = ["FAULT_KINDS", "Fault", "format_faults", "parse_faults"]
 
 #: Every fault kind and its syntax.
 FAULT_KINDS = {

@@ -111,8 +111,8 @@ class PlantMqtt:
                 command = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 raise ValueError("command: not JSON") from None
-            if not isinstance(command, dict):
-                raise ValueError("command: expected a JSON object {tag, value, id}")
+            if not isinstance(command, dict):  # answered by an ack, as ValueErrors are
+                raise ValueError("command: expected a JSON object {tag, value, id}")  # noqa: TRY004
             command_id = command.get("id")
             tag, value = command.get("tag"), command.get("value")
             if not isinstance(tag, str) or "value" not in command:
@@ -132,7 +132,7 @@ class PlantMqtt:
         client = self._client
         if client is None or reading.comm_loss:
             return
-        msg: dict[str, Any] = {"ts": int(round(reading.time * 1000.0)), "seq": reading.seq}
+        msg: dict[str, Any] = {"ts": round(reading.time * 1000.0), "seq": reading.seq}
         for tag, value in reading.values.items():
             if reading.status[tag] is None:
                 msg[tag] = value
@@ -145,9 +145,9 @@ class PlantMqtt:
             return
         try:
             client.disconnect()
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # noqa: BLE001, S110 - already gone
             pass
         try:
             await asyncio.wait_for(asyncio.to_thread(client.loop_stop), 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             _logger.warning("mqtt %s: paho thread did not stop within 5 s", self.public_url)

@@ -15,14 +15,20 @@ import math
 import os
 import socket
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from twinbench.plant._sim import AssetSim, Reading
 
-__all__ = ["PlantServer", "NAMESPACE_URI", "ENDPOINT_PATH", "default_state_dir", "free_port",
-           "SECURITY_MODES"]
+__all__ = [
+    "ENDPOINT_PATH",
+    "NAMESPACE_URI",
+    "SECURITY_MODES",
+    "PlantServer",
+    "default_state_dir",
+    "free_port",
+]
 
 _logger = logging.getLogger("twinbench.plant")
 
@@ -73,7 +79,7 @@ def _shared_datavalue() -> Any:
 
 
 def _utc(epoch_s: float) -> datetime:
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch_s, tz=UTC)
 
 
 class _Users:
@@ -198,9 +204,8 @@ class PlantServer:
         self.server = server
 
     async def _load_certificate(self, server: Any) -> None:
-        from cryptography.x509.oid import ExtendedKeyUsageOID
-
         from asyncua.crypto.cert_gen import setup_self_signed_certificate
+        from cryptography.x509.oid import ExtendedKeyUsageOID
 
         directory = Path(self.state_dir) if self.state_dir else default_state_dir()
         directory.mkdir(parents=True, exist_ok=True)
@@ -274,7 +279,7 @@ class PlantServer:
         DV = _shared_datavalue()
         nodes = self._nodes[asset.name]
         ts = _utc(reading.time)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         attr = ua.AttributeIds.Value
         bad = {"dropout": ua.StatusCode(ua.StatusCodes.BadNoCommunication),
                "comm_loss": ua.StatusCode(ua.StatusCodes.BadCommunicationError)}

@@ -219,7 +219,7 @@ class Plant:
         for task in tasks:
             try:
                 await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - stopping anyway
                 pass
         mqtt, self._mqtt = self._mqtt, None
         if mqtt is not None:
@@ -231,11 +231,11 @@ class Plant:
         if broker is not None:
             await broker.stop()
 
-    async def __aenter__(self) -> Plant:
+    async def __aenter__(self) -> Plant:  # noqa: PYI034
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     # -- the real-time loop -------------------------------------------------------------------
@@ -250,7 +250,7 @@ class Plant:
             await asyncio.sleep(max(t0 + due * period - loop.time(), 0.0))
             try:
                 await self._tick((due - done) * period * self.speedup, due * period * self.speedup)
-            except Exception:  # noqa: BLE001 - a tick must never kill the plant
+            except Exception:
                 _logger.exception("plant: tick failed")
             done = due
             # behind (a slow tick, a busy machine): skip to the next deadline still ahead; the

@@ -16,7 +16,7 @@ import numpy as np
 
 from twinbench.plant._faults import Fault, format_faults, parse_faults
 
-__all__ = ["Setpoint", "AssetSim", "Reading", "make_asset", "ASSET_KINDS"]
+__all__ = ["ASSET_KINDS", "AssetSim", "Reading", "Setpoint", "make_asset"]
 
 #: Longest integration step (simulated seconds) inside one tick; longer ticks take substeps.
 MAX_SUBSTEP = 0.1
@@ -139,7 +139,7 @@ class AssetSim:
                 raise ValueError(f"{name}: expected a string of fault specs, got {value!r}")
             return format_faults(parse_faults(value, self.output_names))
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
+            raise ValueError(f"{name}: expected a number, got {value!r}")  # noqa: TRY004
         v = float(value)
         if not (sp.low <= v <= sp.high):  # also rejects NaN
             raise ValueError(f"{name}: {value:g} is outside {sp.low:g}..{sp.high:g}")
