@@ -159,7 +159,7 @@ def _plant(args: argparse.Namespace) -> int:
                          wind=args.wind, faults=args.fault or (), seed=args.seed,
                          speedup=args.speedup, rate=args.rate, bench_tags=args.bench_tags,
                          bench_rate=args.bench_rate, security=args.security, users=users,
-                         state_dir=args.state_dir)
+                         state_dir=args.state_dir, mqtt_qos=args.mqtt_qos)
     except (ValueError, TypeError, OSError) as exc:
         print(f"twinbench plant: {exc}", file=sys.stderr)
         return 2
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="OPC-UA security policies offered (default none)")
     pl.add_argument("--user", default=None, metavar="NAME",
                     help="require this user; password from TWINBENCH_PLANT_PASSWORD")
+    pl.add_argument("--mqtt-qos", type=int, default=0, choices=(0, 1, 2),
+                    help="QoS of the telemetry (default 0; commands and acks use 1)")
     pl.add_argument("--state-dir", default=None, metavar="DIR",
                     help="where the server certificate is kept")
     pl.set_defaults(func=_plant)

@@ -59,3 +59,39 @@ def test_cli_plant_bad_arguments_exit_2():
         assert result.returncode == 2, args
         assert message in result.stderr, (args, result.stderr)
         assert "twinbench plant ready" not in result.stdout
+
+
+def test_cli_plant_with_mosquitto_publishes_at_qos(plant_process):
+    """--mqtt auto --mqtt-qos 1: the ready lines name the broker, telemetry arrives, and
+    SIGTERM stops the broker with the plant."""
+    from twinbench.plant._broker import find_mosquitto
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed")
+    proc = plant_process(["--mqtt", "auto", "--mqtt-qos", "1", "--wind"])
+    mqtt_line = next(line for line in proc.lines if line.startswith("mqtt "))
+    url = mqtt_line.split()[1]
+    assert "plant/wind1/telemetry" in mqtt_line and "mosquitto" in mqtt_line
+    import json
+    import queue
+
+    from paho.mqtt.client import CallbackAPIVersion, Client
+
+    got: queue.Queue = queue.Queue()
+    client = Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: got.put((m.qos, json.loads(m.payload)))
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("plant/pump1/telemetry", qos=1)
+    host, port = url.removeprefix("mqtt://").split(":")
+    client.connect(host, int(port))
+    client.loop_start()
+    try:
+        qos, message = got.get(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert qos == 1 and message["seq"] >= 1
+    assert proc.stop(timeout=10) == 0
+    import socket
+
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=1):
+        pass

@@ -10,6 +10,9 @@ A spec is ``kind[:arg[:arg]]``; several are joined by commas:
 ``comm_loss[:seconds]``    no MQTT telemetry and every OPC-UA measurement BadCommunicationError,
                            for that many wall-clock seconds (default: until cleared)
 =========================  ======================================================================
+
+Tags are the asset's model outputs. During ``comm_loss`` the setpoints and the fault tag stay
+writable (over OPC-UA and MQTT commands), so that the fault can be cleared.
 """
 
 from __future__ import annotations
