@@ -118,3 +118,38 @@ def write_items(tag_or_mapping: Any, value: Any) -> list[tuple[str, Any]]:
             raise ValueError(f"value: expected a finite number for {tag!r}, got {val!r}")
         out.append((tag, val))
     return out
+
+
+class LatestValues:
+    """The newest sample of every tag seen so far (what ``read_latest()`` returns).
+
+    Updating costs a few microseconds per batch whatever its size, so sources can afford it on
+    every batch they hand out.
+    """
+
+    def __init__(self, tags: tuple[str, ...]) -> None:
+        n = len(tags)
+        self.tags = tags
+        self.time = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+        self.value = np.full(n, np.nan)
+        self.quality = np.zeros(n, dtype=np.uint8)
+
+    def update(self, batch: Any) -> None:
+        if not len(batch):
+            return
+        # Position of each tag's last sample in arrival order (ufunc.at is defined for
+        # repeated indices, unlike plain fancy assignment).
+        last = np.full(len(self.tags), -1, dtype=np.intp)
+        np.maximum.at(last, batch.tag, np.arange(len(batch)))
+        seen = last >= 0
+        pos = last[seen]
+        self.time[seen] = batch.time[pos]
+        self.value[seen] = batch.value[pos]
+        self.quality[seen] = batch.quality[pos]
+
+    def batch(self) -> Any:
+        from twinbench.io.batch import Batch
+
+        seen = np.flatnonzero(~np.isnat(self.time))
+        return Batch(seen.astype(np.int32), self.time[seen], self.value[seen],
+                     self.quality[seen], tags=self.tags)

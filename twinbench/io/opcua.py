@@ -68,7 +68,13 @@ from typing import Any
 
 import numpy as np
 
-from twinbench.io._common import WriteRejected, check_timeout, credentials, write_items
+from twinbench.io._common import (
+    LatestValues,
+    WriteRejected,
+    check_timeout,
+    credentials,
+    write_items,
+)
 from twinbench.io._sync import LoopThread
 from twinbench.io.batch import Batch, Quality, quality_from_opcua_status
 from twinbench.io.browse import BrowseNode
@@ -361,10 +367,7 @@ class OpcUaSource:
         self._writes = 0
         self._write_errors = 0
         self._gap_since_ns: int | None = None
-        n = len(tags)
-        self._latest_time = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
-        self._latest_value = np.full(n, np.nan)
-        self._latest_quality = np.zeros(n, dtype=np.uint8)
+        self._latest = LatestValues(tags.names)
         self._sync = LoopThread(f"twinbench-opcua-{url}", f"OpcUaSource {url}")
 
     def __repr__(self) -> str:
@@ -403,9 +406,7 @@ class OpcUaSource:
 
     def read_latest(self) -> Batch:
         """The newest consumed sample of every tag seen so far, as a batch (one sample per tag)."""
-        seen = np.flatnonzero(~np.isnat(self._latest_time))
-        return Batch(seen.astype(np.int32), self._latest_time[seen], self._latest_value[seen],
-                     self._latest_quality[seen], tags=self.tags.names)
+        return self._latest.batch()
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -704,13 +705,7 @@ class OpcUaSource:
         return Batch._trusted(tag, t.view("datetime64[ns]"), value, quality, self.tags.names)
 
     def _note(self, batch: Batch) -> Batch:
-        if len(batch):
-            rev_tag = batch.tag[::-1]
-            tags, first = np.unique(rev_tag, return_index=True)
-            last = len(batch) - 1 - first
-            self._latest_time[tags] = batch.time[last]
-            self._latest_value[tags] = batch.value[last]
-            self._latest_quality[tags] = batch.quality[last]
+        self._latest.update(batch)
         self._batches += 1
         return batch
 
