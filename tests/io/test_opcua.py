@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import socket
 import threading
 import time
@@ -459,43 +458,3 @@ def test_sync_facade_runs_in_plain_code(dev_server):
     finally:
         source.stop_sync()
     assert source.read_sync(0.1) is None  # stopped and drained
-
-
-def test_reconnects_after_the_server_restarts_and_marks_the_gap(caplog):
-    caplog.set_level(logging.WARNING, logger="twinbench.io.opcua")
-
-    async def main():
-        server = DevServer(free_port())
-        await server.start()
-        dev = await server.device()
-        source = opcua_source(server.url, dev.tags("x"), publishing_interval=20,
-                              reconnect_max_delay=1.0)
-        await source.start()
-        try:
-            await dev.set("x", 1.0)
-            await collect(source, lambda b: 1.0 in values_of(b, "x"))
-            t_stop = np.datetime64(time.time_ns(), "ns")
-            await server.stop()
-            deadline = time.monotonic() + 10
-            while source.status["connected"]:
-                assert time.monotonic() < deadline, "loss not noticed"
-                await asyncio.sleep(0.05)
-            down = source.status
-            await server.start()
-            await dev.build(0)  # the same nodes on the new server
-            await dev.set("x", 2.0)
-            data = await collect(source, lambda b: 2.0 in values_of(b, "x"), timeout=20)
-            return t_stop, down, data, source.status
-        finally:
-            await source.stop()
-            await server.stop()
-
-    t_stop, down, data, status = asyncio.run(main())
-    assert down["disconnected_since"] is not None and down["disconnects"] == 1
-    gap = np.flatnonzero(data.quality == Quality.GAP)
-    assert len(gap) == 1 and np.isnan(data.value[gap]).all()
-    assert data.time[gap][0] >= t_stop
-    assert 2.0 in data.value[gap[0] + 1:].tolist()
-    assert status["connected"] and status["reconnects"] == 1 and status["gaps"] == 1
-    assert status["disconnected_since"] is None
-    assert any("reconnected" in r.getMessage() for r in caplog.records)

@@ -784,6 +784,9 @@ class OpcUaSource:
         except TimeoutError:
             raise TimeoutError(f"OpcUaSource {self.url}: no answer to {what} within "
                                f"{timeout:g} s") from None
+        except (ConnectionError, OSError) as exc:  # e.g. during an outage: fail at once
+            raise ConnectionError(f"OpcUaSource {self.url}: {what} failed, not connected "
+                                  f"({exc})") from None
 
     async def _variant_type(self, index: int) -> Any:
         vtype = self._variant_types.get(index)
