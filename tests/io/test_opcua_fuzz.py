@@ -18,7 +18,7 @@ from twinbench.io.decode import DecodeStats
 from twinbench.io.opcua import item_columns
 
 N_TAGS = 4
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 VARIANTS = st.one_of(
     st.builds(lambda v: ua.Variant(v, ua.VariantType.Double), st.floats(allow_nan=True)),
