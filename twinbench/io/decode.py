@@ -59,7 +59,6 @@ import logging
 import math
 import re
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -292,23 +291,61 @@ class Decoder(Protocol):
 
 
 class _Sink:
-    """Growable typed buffers: appending costs no Python object per sample in the result."""
+    """Growable buffers of one decode call, turned into numpy columns at its end.
+
+    Plain lists: ``list.append`` is the cheapest append Python has (about half the cost of a
+    typed ``array.append``, which converts on every call), and one conversion per column at the
+    end costs less than those conversions did.
+    """
 
     __slots__ = ("quality", "tag", "time", "value")
 
     def __init__(self) -> None:
-        self.tag = array("i")
-        self.time = array("q")
-        self.value = array("d")
-        self.quality = array("B")
+        self.tag: list[int] = []
+        self.time: list[int] = []
+        self.value: list[float] = []
+        self.quality: list[int] = []
 
     def columns(self) -> Columns:
-        return Columns(
-            np.frombuffer(self.tag, dtype=np.int32) if self.tag else np.empty(0, np.int32),
-            np.frombuffer(self.time, dtype=np.int64) if self.time else np.empty(0, np.int64),
-            np.frombuffer(self.value, dtype=np.float64) if self.value else np.empty(0, np.float64),
-            np.frombuffer(self.quality, dtype=np.uint8) if self.quality else np.empty(0, np.uint8),
-        )
+        return Columns(np.array(self.tag, dtype=np.int32), np.array(self.time, dtype=np.int64),
+                       np.array(self.value, dtype=np.float64),
+                       np.array(self.quality, dtype=np.uint8))
+
+    def take(self, rows: int) -> Columns:
+        """The first `rows` samples as columns, removed from the sink."""
+        if rows == len(self.tag):
+            cols = self.columns()
+            self.tag, self.time, self.value, self.quality = [], [], [], []
+            return cols
+        cols = Columns(np.array(self.tag[:rows], dtype=np.int32),
+                       np.array(self.time[:rows], dtype=np.int64),
+                       np.array(self.value[:rows], dtype=np.float64),
+                       np.array(self.quality[:rows], dtype=np.uint8))
+        self.drop_first(rows)
+        return cols
+
+    def move_from(self, other: _Sink) -> int:
+        """Append `other`'s samples and empty it; returns how many were moved."""
+        n = len(other.tag)
+        if n:
+            self.tag += other.tag
+            self.time += other.time
+            self.value += other.value
+            self.quality += other.quality
+            other.tag.clear()
+            other.time.clear()
+            other.value.clear()
+            other.quality.clear()
+        return n
+
+    def drop_first(self, rows: int) -> None:
+        """Forget the first `rows` samples."""
+        if rows:
+            del self.tag[:rows], self.time[:rows], self.value[:rows], self.quality[:rows]
+
+
+#: Public name for sources that decode message by message into one sink.
+Sink = _Sink
 
 
 class _BaseDecoder:

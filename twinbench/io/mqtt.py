@@ -60,6 +60,7 @@ from twinbench.io._common import (
 from twinbench.io._sync import LoopThread
 from twinbench.io.batch import Batch
 from twinbench.io.browse import BrowseNode
+from twinbench.io import decode as decode_module
 from twinbench.io.decode import Decoder, JsonDecoder, NumericDecoder, get_decoder
 from twinbench.io.tags import MqttAddress, TagMap, tag_map, topic_filter
 
@@ -67,6 +68,8 @@ __all__ = ["ENV_PASSWORD", "ENV_USERNAME", "KEYRING_SERVICE", "OVERFLOW_POLICIES
            "MqttSource", "WriteRejected", "mqtt_source", "stable_client_id", "topic_tree"]
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block")
+KEEPALIVE = 30  # seconds between pings when nothing else is sent
+_READS_PER_WAKE = 256  # packets read per readiness event before the loop runs others
 PROTOCOLS = ("3.1.1", "5")
 ENV_USERNAME = "TWINBENCH_MQTT_USERNAME"
 ENV_PASSWORD = "TWINBENCH_MQTT_PASSWORD"
@@ -392,11 +395,24 @@ class MqttSource:
         self.patterns = tuple(p for p in subscribe if p not in self.topics)
         self.min_batch_interval = min_batch_interval
         self._trusted_decoder = type(decoder) in (JsonDecoder, NumericDecoder)
+        # Built-in decoders decode each message as it arrives into one growing sink; the buffer
+        # then holds (topic, rows, receive_ns) per message. Other decoders get raw messages,
+        # (topic, payload, receive_ns), decoded in chunks by the consumer.
+        self._sink: Any = decode_module.Sink() if self._trusted_decoder else None
+        self._stats = decoder.stats
+        self._decode_one = getattr(decoder, "_decode_one", None)
 
         # Items are (topic, payload, receive_ns); a topic of None is a gap marker (see _GAP).
         self._buffer: collections.deque[tuple[str | None, bytes, int]] = collections.deque()
         self._seen: dict[str, int] = {}  # topic -> messages received, for browse()
-        self._cond = threading.Condition()  # guards _buffer, counters, _wake_pending
+        # Guards _buffer, counters, _wake_pending. A plain Lock: cheaper than the default RLock
+        # on the per-message path, and nothing takes it twice.
+        self._misc_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._reader_sock: Any = None
+        self._paused = False
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._wake_pending = False
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -424,7 +440,7 @@ class MqttSource:
     def status(self) -> dict[str, Any]:
         """Connection state and counters, JSON-serialisable.
 
-        ``messages``: received from the broker; ``queued``: waiting to be decoded;
+        ``messages``: received from the broker; ``queued``: messages waiting to be read;
         ``dropped_overflow``: lost to the overflow policy; ``handler_errors``: exceptions caught in
         paho's callbacks; ``batches``: batches handed out; ``decode``: the decoder's counters.
         ``disconnects``: connections lost while running; ``reconnects``: connections regained;
@@ -453,41 +469,68 @@ class MqttSource:
     # -- paho's thread -------------------------------------------------------------------------
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        # The per-message path: kept to a few statements, since with the GIL every microsecond
+        # here is one the consumer cannot use.
         try:
-            if self.ack_topic is not None and message.topic == self.ack_topic:
+            topic = message.topic  # a property that decodes the topic bytes: read it once
+            if topic == self.ack_topic:
                 self._on_ack(message.payload)
                 return
-            topic = message.topic
-            item = (topic, message.payload, time.time_ns())
-            # Only this thread writes the counts; browse() reads a copy.
-            self._seen[topic] = self._seen.get(topic, 0) + 1
-            wake = False
-            with self._cond:
+            seen = self._seen  # only this thread writes the counts; browse() reads a copy
+            try:
+                seen[topic] += 1
+            except KeyError:
+                seen[topic] = 1
+            now = time.time_ns()
+            sink = self._sink
+            buf = self._buffer
+            with self._lock:
                 self._messages += 1
-                if len(self._buffer) >= self.queue_size:
-                    if self.overflow == "drop_oldest":
-                        # A gap marker is never the one dropped: losing it would hide the outage.
-                        if self._buffer[0][0] is None and len(self._buffer) > 1:
-                            del self._buffer[1]
-                        else:
-                            self._buffer.popleft()
-                        self._dropped += 1
-                    elif self.overflow == "drop_newest":
-                        self._dropped += 1
-                        return
-                    else:  # block: paho stops reading the socket; the broker queues
-                        while len(self._buffer) >= self.queue_size and self._running:
-                            self._cond.wait(0.1)
-                        if not self._running:
-                            self._dropped += 1
-                            return
-                self._buffer.append(item)
-                if not self._wake_pending:
-                    self._wake_pending = wake = True
-            if wake:
-                self._wake()
+                if len(buf) >= self.queue_size and not self._make_room():
+                    return
+                if sink is None:
+                    buf.append((topic, message.payload, now))
+                else:
+                    # Built-in decoders decode here, in paho's thread: with the GIL, a second
+                    # thread decoding while this one reads the socket costs more in hand-offs
+                    # than the decoding itself. Rows are appended in message order.
+                    before = len(sink.tag)
+                    self._stats.messages += 1
+                    try:
+                        self._decode_one(topic, message.payload, now, sink)
+                    finally:
+                        buf.append((topic, len(sink.tag) - before, now))
+                if self._wake_pending:
+                    return
+                self._wake_pending = True
+            self._ready.set()  # on the loop's own thread: no call_soon_threadsafe needed
         except Exception:  # noqa: BLE001 - never raise into paho's network thread
             self._handler_error("on_message")
+
+    def _make_room(self) -> bool:
+        """The buffer is full (lock held): apply the overflow policy; False drops the arrival."""
+        buf = self._buffer
+        if self.overflow == "drop_oldest":
+            # A gap marker is never the one dropped: losing it would hide the outage.
+            if buf[0][0] is None and len(buf) > 1:
+                dropped = buf[1]
+                del buf[1]
+            else:
+                dropped = buf.popleft()
+            if self._sink is not None and dropped[0] is not None:
+                self._sink.drop_first(dropped[1])  # its rows lead the sink (a gap has none)
+            self._dropped += 1
+            return True
+        if self.overflow == "drop_newest":
+            self._dropped += 1
+            return False
+        # block: keep this one, stop reading the socket until the consumer has taken some; the
+        # broker queues meanwhile.
+        if not self._running:
+            self._dropped += 1
+            return False
+        self._pause_reading()
+        return True
 
     def _on_ack(self, payload: bytes) -> None:
         import json
@@ -548,9 +591,141 @@ class MqttSource:
                         self._gap_since_ns = time.time_ns()
             self._connected = False
             if self._running:
-                _logger.warning("mqtt %s: disconnected (%s); paho reconnects", self.url, reason)
+                _logger.warning("mqtt %s: disconnected (%s); reconnecting", self.url, reason)
+                self._schedule_reconnect()
         except Exception:  # noqa: BLE001
             self._handler_error("on_disconnect")
+
+    # -- paho's network I/O on the event loop ---------------------------------------------------
+
+    def _in_loop(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the source's loop (paho may call from a connect thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn(*args)
+        else:
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # closed meanwhile
+                pass
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._add_reader, sock)
+
+    def _add_reader(self, sock: Any) -> None:
+        if self._client is not None and sock.fileno() >= 0:
+            self._reader_sock = sock
+            if not self._paused:
+                self._loop.add_reader(sock, self._on_readable)
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._forget_socket, sock)
+
+    def _forget_socket(self, sock: Any) -> None:
+        if self._reader_sock is sock:
+            self._reader_sock = None
+        for remove in (self._loop.remove_reader, self._loop.remove_writer):
+            try:
+                remove(sock)
+            except (ValueError, OSError):  # already closed: nothing registered any more
+                pass
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._add_writer, sock)
+
+    def _add_writer(self, sock: Any) -> None:
+        client = self._client
+        if client is not None and sock.fileno() >= 0:
+            self._loop.add_writer(sock, self._on_writable)
+
+    def _on_socket_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._remove_writer, sock)
+
+    def _remove_writer(self, sock: Any) -> None:
+        try:
+            self._loop.remove_writer(sock)
+        except (ValueError, OSError):
+            pass
+
+    def _on_readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            # One packet per loop_read: keep reading while messages come, then yield the loop.
+            for _ in range(_READS_PER_WAKE):
+                before = self._messages
+                if client.loop_read() != 0 or self._messages == before or self._paused:
+                    break
+            sock = client.socket()
+            # TLS: bytes already decrypted inside the SSL object do not wake the selector.
+            pending = getattr(sock, "pending", None)
+            if pending is not None and not self._paused and pending():
+                self._loop.call_soon(self._on_readable)
+        except Exception:  # noqa: BLE001 - never raise into the event loop
+            self._handler_error("read")
+
+    def _on_writable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.loop_write()
+        except Exception:  # noqa: BLE001
+            self._handler_error("write")
+
+    def _pause_reading(self) -> None:
+        """``overflow="block"``: stop reading the socket until the consumer catches up (the broker
+        queues meanwhile)."""
+        self._paused = True
+        if self._reader_sock is not None:
+            self._loop.remove_reader(self._reader_sock)
+
+    def _resume_reading(self) -> None:
+        self._paused = False
+        if self._reader_sock is not None and self._client is not None:
+            self._loop.add_reader(self._reader_sock, self._on_readable)
+
+    async def _misc(self) -> None:
+        """Keepalive pings and timeouts, once a second (what paho's own loop does)."""
+        while self._running:
+            await asyncio.sleep(1.0)
+            client = self._client
+            if client is None:
+                return
+            try:
+                client.loop_misc()
+            except Exception:  # noqa: BLE001
+                self._handler_error("loop_misc")
+
+    def _schedule_reconnect(self) -> None:
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = self._loop.create_task(self._reconnect(),
+                                                          name=f"mqtt-reconnect {self.url}")
+
+    async def _reconnect(self) -> None:
+        """Reconnect with backoff (1 s doubling to 120 s); on_connect resubscribes."""
+        delay = 1.0
+        while self._running and not self._connected:
+            await asyncio.sleep(delay)
+            client = self._client
+            if client is None or not self._running:
+                return
+            try:
+                await asyncio.wait_for(asyncio.to_thread(client.reconnect), self.connect_timeout)
+                deadline = time.monotonic() + self.connect_timeout
+                while self._running and not self._connected and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+            except Exception as exc:  # noqa: BLE001 - broker still away: try again later
+                _logger.info("mqtt %s: reconnect failed (%s); next try in %g s", self.url,
+                             type(exc).__name__, min(delay * 2, 120.0))
+            delay = min(delay * 2, 120.0)
 
     # -- async API -----------------------------------------------------------------------------
 
@@ -623,13 +798,20 @@ class MqttSource:
         client.on_subscribe = on_subscribe
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
+        # paho's network I/O runs on this event loop, not on a thread of its own: one thread
+        # reads, decodes and hands out batches, so no GIL hand-offs between two busy threads.
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
         self._client = client
         self._running = True
         try:
             await asyncio.wait_for(
-                asyncio.to_thread(client.connect, self.host, self.port, 30, **connect_args),
+                asyncio.to_thread(client.connect, self.host, self.port, KEEPALIVE,
+                                  **connect_args),
                 self.connect_timeout)
-            client.loop_start()
+            self._misc_task = loop.create_task(self._misc(), name=f"mqtt-misc {self.url}")
             reason = await asyncio.wait_for(connected, self.connect_timeout)
             if reason.is_failure:
                 hint = " (check username/password)" if reason.value in (4, 5, 134, 135) else ""
@@ -778,46 +960,71 @@ class MqttSource:
 
     async def _shutdown(self) -> None:
         self._running = False
-        with self._cond:
-            self._cond.notify_all()  # release paho's thread if it waits under "block"
-        client, self._client = self._client, None
+        for task in (self._misc_task, self._reconnect_task):
+            if task is not None and not task.done():
+                task.cancel()
+        self._misc_task = self._reconnect_task = None
+        client = self._client
         if client is not None:
+            sock = client.socket()
             try:
                 client.disconnect()
+                client.loop_write()  # send DISCONNECT now: paho closes the socket after it
             except Exception:  # noqa: BLE001 - already gone
                 pass
-            try:
-                await asyncio.wait_for(asyncio.to_thread(client.loop_stop), self.connect_timeout)
-            except asyncio.TimeoutError:
-                _logger.warning("mqtt %s: paho thread did not stop within %g s", self.url,
-                                self.connect_timeout)
+            self._client = None
+            sock = client.socket() or sock
+            if sock is not None:
+                self._forget_socket(sock)
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        self._reader_sock = None
+        self._paused = False
         self._connected = False
         if self._ready is not None:
             self._ready.set()
 
-    def _take(self) -> list[tuple[str | None, bytes, int]]:
+    def _take(self) -> tuple[str, Any]:
+        """The next piece of the buffer: ``("gap", since_ns)``, ``("columns", Columns)`` of
+        decoded messages, ``("raw", [(topic, payload, receive_ns), ...])``, or ``("none", None)``.
+        """
         with self._cond:
             buf = self._buffer
-            if buf and buf[0][0] is None:  # a gap marker is a batch of its own
-                chunk = [buf.popleft()]
+            if not buf:
+                taken: tuple[str, Any] = ("none", None)
+            elif buf[0][0] is None:  # a gap marker is a batch of its own
+                taken = ("gap", buf.popleft()[2])
             else:
-                chunk = []
-                while buf and len(chunk) < self.max_batch and buf[0][0] is not None:
-                    chunk.append(buf.popleft())
-            n = len(chunk)
-            if not self._buffer:
+                if self._sink is None:
+                    chunk = []
+                    while buf and len(chunk) < self.max_batch and buf[0][0] is not None:
+                        chunk.append(buf.popleft())
+                    taken = ("raw", chunk)
+                else:
+                    rows = 0
+                    for _ in range(min(len(buf), self.max_batch)):
+                        if buf[0][0] is None:
+                            break
+                        rows += buf.popleft()[1]
+                    taken = ("columns", self._sink.take(rows))
+            if not buf:
                 self._wake_pending = False
                 if self._ready is not None:
                     self._ready.clear()
-            if n and self.overflow == "block":
-                self._cond.notify_all()
-        return chunk
+        if self._paused and len(self._buffer) < self.queue_size:
+            self._resume_reading()
+        return taken
 
-    def _decode(self, chunk: list[tuple[str | None, bytes, int]]) -> Batch:
-        if len(chunk) == 1 and chunk[0][0] is None:
-            batch = Batch.gap(self.tags.names, np.datetime64(chunk[0][2], "ns"))
+    def _decode(self, taken: tuple[str, Any]) -> Batch:
+        kind, item = taken
+        if kind == "gap":
+            batch = Batch.gap(self.tags.names, np.datetime64(item, "ns"))
+        elif kind == "none":
+            batch = Batch.empty(self.tags.names)
         else:
-            cols = self.decoder.decode_many(chunk)
+            cols = item if kind == "columns" else self.decoder.decode_many(item)
             if self._trusted_decoder:  # built-in decoders' columns are valid by construction
                 batch = Batch._trusted(cols.tag, cols.time.view("datetime64[ns]"), cols.value,
                                        cols.quality, self.tags.names)
@@ -844,10 +1051,10 @@ class MqttSource:
             except TimeoutError:
                 pass
         await self._coalesce()
-        chunk = self._take()
-        if not chunk and not self._running:
+        taken = self._take()
+        if taken[0] == "none" and not self._running:
             return None
-        return self._decode(chunk)
+        return self._decode(taken)
 
     async def _coalesce(self) -> None:
         """Let a burst gather: wait until the oldest buffered message is ``min_batch_interval``
