@@ -47,7 +47,8 @@ class Broker:
         self.config = tmp_path / "mosquitto.conf"
         # max_queued_messages: the default 1000 drops QoS 1 messages for a slow subscriber.
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                               f"persistence false\nmax_queued_messages 100000\n")
+                               f"persistence false\nmax_queued_messages 100000\n"
+                               f"set_tcp_nodelay true\n")
         self.log_path = tmp_path / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -519,6 +519,8 @@ def _latency(port: int, seconds: float, rounds: int) -> list[dict]:
     tb_runs: list[dict[str, Any]] = []
     bare_runs: list[dict[str, Any]] = []
     sides = [(tb_runs, _latency_twinbench), (bare_runs, _latency_bare)]
+    for _, measure in sides:  # warm-up, discarded: first-call costs are not steady state
+        measure(port, 0.3)
     for i in range(rounds):
         for runs, measure in sides if i % 2 == 0 else sides[::-1]:
             gc.collect()

@@ -1,16 +1,22 @@
 """MQTT source: subscribe to the topics of a tag map and hand out columnar batches.
 
-paho-mqtt runs its network thread; its message callback only stamps the receive time and puts the
-raw ``(topic, payload, receive_ns)`` into a bounded buffer, then wakes the asyncio loop with
-``loop.call_soon_threadsafe``. Decoding happens on the loop side, in chunks
-(:meth:`~twinbench.io.decode.Decoder.decode_many`), so the output is numpy columns, never one
-Python object per sample. When the buffer is full the ``overflow`` policy decides what happens,
-and every dropped message is counted in :attr:`MqttSource.status`.
+paho-mqtt's network I/O runs on the source's asyncio loop (its socket registered with the loop's
+selector, ``loop_read``/``loop_write`` on readiness, a task for keepalive pings), not on a thread
+of its own: with the GIL, a reader thread and a consumer thread both busy cost more in hand-offs
+than the work itself. Each message is decoded as it arrives (the built-in decoders append to one
+set of growing columns; other decoders get the raw messages in chunks), and :meth:`read` hands out
+what has gathered as one :class:`~twinbench.io.batch.Batch` of numpy columns, never one Python
+object per sample. A read waits up to ``min_batch_interval`` (2 ms) after the first waiting
+message so that a fast stream comes in few, large batches. When the buffer is full the
+``overflow`` policy decides what happens, and every dropped message is counted in
+:attr:`MqttSource.status`. In a notebook, ``start_sync()`` runs all this on a private loop
+thread; with ``await src.start()`` on the kernel's own loop, a cell that blocks the loop also
+pauses the reading (the broker queues meanwhile).
 
 Every network wait has a timeout: a notebook cell never hangs on an unreachable broker.
 
-When the broker goes away, paho reconnects by itself (backing off from 1 s up to 120 s) and the
-source subscribes again; ``status`` shows ``connected``, ``disconnected_since``, ``disconnects``
+When the broker goes away, the source reconnects by itself (backing off from 1 s up to 120 s) and
+subscribes again; ``status`` shows ``connected``, ``disconnected_since``, ``disconnects``
 and ``reconnects``. The outage shows in the data too: on reconnect the source queues a gap marker
 (:meth:`~twinbench.io.batch.Batch.gap`: one NaN sample per tag, quality ``GAP``, at the time the
 connection was lost) before any message of the new connection. Messages published meanwhile are
@@ -110,12 +116,13 @@ def mqtt_source(url: str, tags: Any, *, qos: int = 1, client_id: str | None = No
         ``"json"``: every address needs a field path (``topic#field``). ``"numeric"``: every
         address is a bare topic whose payload is a number. A Decoder object is used as given.
     queue_size : int, default 100000
-        Messages buffered between paho's thread and the consumer.
+        Messages buffered between the network reads and the consumer.
     overflow : {"drop_oldest", "drop_newest", "block"}, default "drop_oldest"
-        When the buffer is full: drop the oldest buffered message, drop the arriving one, or make
-        paho's thread wait for room (the broker then queues). Drops are counted in ``status``.
-        Under "block" a consumer that stops reading for longer than the keepalive (45 s) also
-        stops paho's pings, so the broker drops the connection: keep consuming.
+        When the buffer is full: drop the oldest buffered message, drop the arriving one, or
+        stop reading the socket until the consumer has taken some (the broker then queues).
+        Drops are counted in ``status``. Under "block" a consumer that stops reading for longer
+        than the keepalive (30 s) leaves the broker's ping answers unread, so the connection is
+        dropped: keep consuming.
     connect_timeout : float, default 5.0
         Seconds for connecting, subscribing and disconnecting.
     max_batch : int, default 10000
@@ -466,7 +473,7 @@ class MqttSource:
         """The newest consumed sample of every tag seen so far, as a batch (one sample per tag)."""
         return self._latest.batch()
 
-    # -- paho's thread -------------------------------------------------------------------------
+    # -- paho's callbacks (on the source's loop) ------------------------------------------------
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         # The per-message path: kept to a few statements, since with the GIL every microsecond
@@ -491,9 +498,8 @@ class MqttSource:
                 if sink is None:
                     buf.append((topic, message.payload, now))
                 else:
-                    # Built-in decoders decode here, in paho's thread: with the GIL, a second
-                    # thread decoding while this one reads the socket costs more in hand-offs
-                    # than the decoding itself. Rows are appended in message order.
+                    # Built-in decoders decode each message here, as it is read: rows are
+                    # appended in message order, and read() only slices them off.
                     before = len(sink.tag)
                     self._stats.messages += 1
                     try:
@@ -566,7 +572,7 @@ class MqttSource:
         _logger.exception("mqtt %s: error in %s (counted, not raised)", self.url, where)
 
     def _queue_gap(self) -> None:
-        # Called on reconnect, in paho's thread before any message of the new connection, so the
+        # Called on reconnect, before any message of the new connection is read, so the
         # marker sits between the samples from before the outage and those after it. It bypasses
         # the overflow policy: an outage is never hidden.
         with self._cond:
@@ -951,7 +957,7 @@ class MqttSource:
         await self.stop()
 
     async def stop(self) -> None:
-        """Disconnect and stop paho's thread (bounded by ``connect_timeout``); idempotent.
+        """Disconnect and stop reading (bounded by ``connect_timeout``); idempotent.
 
         Messages still buffered stay readable; :meth:`batches` ends once they are consumed.
         """

@@ -1,7 +1,9 @@
 """A broker for the plant when none is given: mosquitto if installed, else embedded amqtt.
 
 mosquitto runs with ``max_queued_messages 100000``: its default (1000) drops QoS 1 messages
-for a slow subscriber (measured in ../shared/STACK-NOTES.md).
+for a slow subscriber (measured in ../shared/STACK-NOTES.md); and with ``set_tcp_nodelay true``:
+with Nagle's algorithm on, small messages meet the subscriber's delayed ACKs and wait up to
+~40 ms (measured by ``twinbench bench mqtt``).
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class Mosquitto:
         # signal (_parent_death_signal): stay root instead (it only reads this config)
         user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         self.config.write_text(f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                               "persistence false\nmax_queued_messages 100000\n")
+                               "persistence false\nmax_queued_messages 100000\n"
+                               "set_tcp_nodelay true\n")
         self.log_path = Path(self._dir.name) / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
