@@ -22,12 +22,14 @@ bench: setup
 setup: .stamp-install
 
 # System packages: a C compiler, Python headers and venv support to build; mosquitto (the MQTT
-# broker the tests and the plant run on loopback). Installed with apt-get only when missing.
+# broker the tests and the plant run on loopback) and its C clients (the MQTT benchmark's
+# publisher). Installed with apt-get only when missing.
 .stamp-system:
 	@missing=""; \
 	command -v gcc >/dev/null || missing="$$missing gcc g++ make"; \
 	$(PYTHON) -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null || missing="$$missing python3-dev python3-venv"; \
-	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto mosquitto-clients"; \
+	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
+	command -v mosquitto_pub >/dev/null || missing="$$missing mosquitto-clients"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing with apt-get:$$missing"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \

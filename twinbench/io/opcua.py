@@ -36,7 +36,8 @@ Security
 --------
 ``security="sign"`` or ``"encrypt"`` uses Basic256Sha256 (Sign / SignAndEncrypt) with a client
 certificate: ``certificate`` and ``private_key`` files, or a self-signed pair generated on first use
-in ``cert_dir`` (default ``$XDG_DATA_HOME/twinbench/opcua``, i.e. ``~/.local/share/twinbench/opcua``)
+in ``cert_dir`` (default ``$XDG_DATA_HOME/twinbench/opcua``, that is
+``~/.local/share/twinbench/opcua``)
 and reused afterwards; servers must trust it. ``server_certificate`` pins the server's certificate;
 without it the certificate the server presents is used (checked against a trust list in a later
 release). ``username`` and ``password`` come from the arguments, else the environment variables
@@ -530,7 +531,7 @@ class OpcUaSource:
                     StartingNode=ua.NodeId(ua.ObjectIds.RootFolder),
                     RelativePath=ua.RelativePath(Elements=elements)))
             results = await self._client.uaclient.translate_browsepaths_to_nodeids(requests)
-            for (i, address), result in zip(paths, results):
+            for (i, _), result in zip(paths, results, strict=True):
                 if result.StatusCode.is_good() and result.Targets:
                     node_ids[i] = result.Targets[0].TargetId
                 else:
@@ -693,7 +694,8 @@ class OpcUaSource:
             return Batch.gap(self.tags.names, np.datetime64(since, "ns"))
         chunks = []
         n = 0
-        while buf and buf[0][0] is not None and (not chunks or n + len(buf[0][0]) <= self.max_batch):
+        while buf and buf[0][0] is not None \
+                and (not chunks or n + len(buf[0][0]) <= self.max_batch):
             chunk = buf.popleft()
             chunks.append(chunk)
             n += len(chunk[0])
