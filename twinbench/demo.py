@@ -33,8 +33,8 @@ def pump_fault_day(hours: float = 24.0, seed: int = 7):
                            params={"wear_rate": BEARING_FAULT_WEAR_RATE},
                            start="2026-11-01T00:00:00")
     rng = np.random.default_rng(seed)
-    noise = {"speed": 2.0, "flow_rate": 1.0, "pressure": 2000.0, "motor_temperature": 0.3,
-             "vibration": 0.05, "current": 0.2, "power": 200.0, "total_head": 0.2}
+    noise = {"speed": 2.0, "flow_rate": 1.0, "pressure": 0.02, "motor_temperature": 0.3,
+             "vibration": 0.05, "current": 0.2, "power": 0.2, "total_head": 0.2}
     meas = truth[list(noise)].copy(deep=True)
     for name, sd in noise.items():
         meas[name] = meas[name] + rng.normal(0.0, sd, size=meas[name].shape)
