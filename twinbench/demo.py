@@ -1,6 +1,6 @@
 """``twinbench demo``: the twin loop on a pump with a developing bearing fault.
 
-Until the live plant and the dashboard exist, the demo runs the kernel end to end on recorded-like
+Until the live twin and the dashboard exist, the demo runs the kernel end to end on recorded-like
 data: a simulated day of a pump whose bearing wears out, noisy "sensor" readings, the extended
 Kalman filter estimating the unmeasured wear, detectors raising alarms, a particle filter
 projecting the remaining useful life, and a what-if ensemble choosing a speed setpoint.
@@ -52,7 +52,8 @@ def kernel_demo(quick: bool = False) -> int:
     t_start = time.perf_counter()
     hours = 12.0 if quick else 24.0
     _say("twinbench — the twin loop on a pump with a developing bearing fault")
-    _say("(kernel demonstration: the live plant and the dashboard arrive with the next issues)\n")
+    _say("(kernel demonstration; `twinbench plant` serves a live pump over OPC-UA and MQTT, the\n"
+         " live twin and the dashboard on top of it arrive with the next issues)\n")
 
     # observe ---------------------------------------------------------------------------------
     t0 = time.perf_counter()
