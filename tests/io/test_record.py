@@ -184,11 +184,26 @@ def test_record_validates_and_zarr_needs_zarr(tmp_path: Path) -> None:
     assert ds["x"].values.tolist() == [1.0]
     with pytest.raises(ValueError, match="path"):
         write_dataset(ds, tmp_path / "x.csv")
-    try:
-        import zarr  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="zarr"):
-            write_dataset(ds, tmp_path / "x.zarr")
+
+
+
+def test_zarr_recording_round_trip(tmp_path: Path) -> None:
+    """``.zarr`` recordings (zarr is a dependency): written, replayed, qualities and attrs kept."""
+    import xarray as xr
+
+    batch = Batch([0, 1, 0], ["2026-01-01T00:00:00", "2026-01-01T00:00:00",
+                              "2026-01-01T00:00:01"], [1.0, np.nan, 2.0],
+                  quality=[Quality.GOOD, Quality.GAP, Quality.UNCERTAIN], tags=["x", "y"])
+    ds = dataset_from_batch(batch, status={"messages": 3})
+    path = write_dataset(ds, tmp_path / "r.zarr")
+    back = xr.open_zarr(path, consolidated=False).load()
+    assert back["x"].values.tolist() == [1.0, 2.0]
+    assert back["y_quality"].values.tolist()[0] == Quality.GAP
+    assert back.attrs == ds.attrs
+    played = replay(path, speed=None)
+    asyncio.run(played.start())
+    data = asyncio.run(played.read(1.0))
+    assert sorted(data.value[np.isfinite(data.value)].tolist()) == [1.0, 2.0]
 
 
 def test_cli_record_end_to_end(mosquitto: str, tmp_path: Path) -> None:

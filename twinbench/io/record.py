@@ -147,7 +147,7 @@ def write_dataset(ds: Any, path: str | os.PathLike[str]) -> Path:
         if importlib.util.find_spec("zarr") is None:
             raise ImportError(f"path: writing {str(path)!r} needs the zarr package, which is not "
                               f"installed; use a .nc path")
-        out.to_zarr(path, mode="w")
+        out.to_zarr(path, mode="w", consolidated=False)
         return path
     # NetCDF3: no int64 (times as float64 microseconds, exact below 2**53 us), no uint8.
     out["time"].encoding.update(units="microseconds since 1970-01-01", dtype="float64",

@@ -83,7 +83,7 @@ def _open(obj: Any) -> tuple[Any, str]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"path_or_dataset: no recording at {path!r}")
     if path.rstrip("/").lower().endswith(".zarr"):
-        return xr.open_zarr(path).load(), path
+        return xr.open_zarr(path, consolidated=False).load(), path
     with xr.open_dataset(path, engine="scipy") as ds:
         return ds.load(), path
 
