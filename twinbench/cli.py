@@ -185,9 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a shorter run")
     d.set_defaults(func=_demo)
 
-    r = sub.add_parser("record", help="record live tags into a .nc dataset file",
+    r = sub.add_parser("record", help="record live tags into a .nc or .zarr dataset",
                        description="Record tags of a live source for a while into an xarray "
-                                   "dataset file (NetCDF3 .nc; .zarr needs the zarr package).")
+                                   "dataset file (NetCDF3 .nc or Zarr .zarr).")
     r.add_argument("url", metavar="URL",
                    help="opc.tcp://host:port/path, mqtt://host:port or mqtts://host:port "
                         "(credentials from TWINBENCH_OPCUA_*/TWINBENCH_MQTT_* variables)")
@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OPC-UA: Basic256Sha256 Sign or SignAndEncrypt (default none)")
     r.add_argument("--publishing-interval", type=float, default=100.0, metavar="MS",
                    help="OPC-UA: publishing and sampling interval in ms (default 100)")
-    r.add_argument("--out", required=True, metavar="FILE.nc", help="output file")
+    r.add_argument("--out", required=True, metavar="FILE.nc|FILE.zarr",
+                   help="output file: NetCDF3 (.nc) or Zarr (.zarr)")
     r.set_defaults(func=_record)
 
     pl = sub.add_parser("plant", help="run the simulated plant (OPC-UA server + MQTT)",
