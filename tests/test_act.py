@@ -266,6 +266,14 @@ def test_rate_confirmation_dry_run_and_equipment_refusal(fast_plant, tmp_path):
                                                      reason="declined", confirm=lambda r: False)
                 out["broken"] = await plain.write("speed_setpoint", before - 60, reason="broken",
                                                    confirm=lambda r: 1 / 0)
+                never = asyncio.Event()
+
+                async def dialog(request):  # nobody answers
+                    await never.wait()
+
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(plain.write("speed_setpoint", before - 60,
+                                                       reason="walked away", confirm=dialog), 0.2)
                 dry = GuardedWriter(src, {"speed_setpoint": SPEED}, audit=audit, dry_run=True,
                                     user="tester")
                 out["dry"] = await dry.write("speed_setpoint", before - 100, reason="dry",
@@ -306,8 +314,9 @@ def test_rate_confirmation_dry_run_and_equipment_refusal(fast_plant, tmp_path):
     log = audit_log(audit)
     assert [r["result"] for r in log] == [
         "refused", "written", "refused", "not-confirmed", "not-confirmed", "not-confirmed",
-        "dry-run", "refused", "failed", "written"]
-    assert log[6]["dry_run"] is True and log[6]["read_back"] is None
+        "failed", "dry-run", "refused", "failed", "written"]
+    assert log[6]["reason"] == "walked away" and "cancelled" in log[6]["message"]
+    assert log[7]["dry_run"] is True and log[7]["read_back"] is None
 
 
 def test_rule_events_through_the_writer_and_write_sync(fast_plant, tmp_path):

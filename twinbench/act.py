@@ -36,6 +36,7 @@ import operator
 import os
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -693,7 +694,8 @@ class GuardedWriter:
         self.dry_run = dry_run
         self.user = user
         self._last: dict[str, tuple[float, float]] = {}  # tag -> (value, monotonic time)
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+            weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         mode = ", dry run" if self.dry_run else ""
@@ -772,15 +774,23 @@ class GuardedWriter:
         # One write at a time per loop: two concurrent writes to a tag must not both pass the
         # rate check against the same previous value.
         loop = asyncio.get_running_loop()
-        lock = self._locks.get(id(loop))
+        lock = self._locks.get(loop)
         if lock is None:
-            lock = self._locks[id(loop)] = asyncio.Lock()
+            lock = self._locks[loop] = asyncio.Lock()
         return lock
 
     async def _guarded(self, tag: str, value: Any, reason: str, source: str, confirm: Any, *,
                        auto: bool) -> WriteResult:
         async with self._lock():
-            result = await self._attempt(tag, value, reason, source, confirm, auto)
+            try:
+                result = await self._attempt(tag, value, reason, source, confirm, auto)
+            except asyncio.CancelledError:
+                # The write may have reached the equipment: the attempt is audited all the same
+                # (here, on the loop: a cancelled task cannot await the thread).
+                self._audit(WriteResult(tag, value, None, None, "failed",
+                                        f"{tag}: cancelled before it completed; whether it "
+                                        f"reached the equipment is unknown", reason, source))
+                raise
             await asyncio.to_thread(self._audit, result)
             return result
 
