@@ -82,9 +82,9 @@ def test_grid_changes_are_a_full_factorial_after_the_mirror():
 
 def test_parameter_change_and_random_samples_are_reproducible():
     m = pump()
-    kw = dict(horizon=30.0, dt=1.0, start=START, every=30, n=50,
-              changes={"speed_setpoint": ("uniform", 1800.0, 2950.0),
-                       "pipe_loss_coefficient": ("normal", 6000.0, 300.0)})
+    kw = {"horizon": 30.0, "dt": 1.0, "start": START, "every": 30, "n": 50,
+          "changes": {"speed_setpoint": ("uniform", 1800.0, 2950.0),
+                      "pipe_loss_coefficient": ("normal", 6000.0, 300.0)}}
     a = whatif(m, {}, seed=3, **kw)
     b = whatif(m, {}, seed=3, **kw)
     c = whatif(m, {}, seed=4, **kw)
@@ -113,7 +113,8 @@ def test_uncertainty_samples_initial_states_from_the_covariance():
     mean = {"shaft_speed": 300.0, "flow": 0.03, "winding_temperature": 355.0, "wear": 0.4}
     cov = np.diag([4.0, 1e-6, 1.0, 0.01])
     cov[2, 3] = cov[3, 2] = 0.05  # correlated temperature and wear
-    kw = dict(horizon=1.0, dt=1.0, start=START, uncertainty=True, covariance=cov, n=4000)
+    kw = {"horizon": 1.0, "dt": 1.0, "start": START, "uncertainty": True, "covariance": cov,
+          "n": 4000}
     a = whatif(m, mean, seed=11, **kw)
     b = whatif(m, mean, seed=11, **kw)
     np.testing.assert_array_equal(a.wear.values, b.wear.values)
@@ -182,11 +183,10 @@ def dask_client():
 
 def test_dask_ensemble_is_identical_to_the_local_run(dask_client):
     m = pump()
-    kw = dict(horizon=300.0, dt=1.0, start=START, every=10, n=37, seed=5, uncertainty=True,
-              covariance=np.diag([1.0, 1e-8, 0.25, 1e-3]),
-              changes={"speed_setpoint": ("uniform", 1800.0, 2950.0),
-                       "valve_opening": [0.4, 0.9]},
-              limits={"vibration": (None, 2.0)})
+    kw = {"horizon": 300.0, "dt": 1.0, "start": START, "every": 10, "n": 37, "seed": 5,
+          "uncertainty": True, "covariance": np.diag([1.0, 1e-8, 0.25, 1e-3]),
+          "changes": {"speed_setpoint": ("uniform", 1800.0, 2950.0), "valve_opening": [0.4, 0.9]},
+          "limits": {"vibration": (None, 2.0)}}
     local = whatif(m, {"wear": 0.5}, **kw)
     seen = []
     remote = whatif(m, {"wear": 0.5}, dask=dask_client, chunk=13,
@@ -195,7 +195,7 @@ def test_dask_ensemble_is_identical_to_the_local_run(dask_client):
     assert seen[-1] == (len(seen), len(seen)) and len(seen) == -(-75 // 13)
     # a model outside the registry travels pickled (here by cloudpickle: it has lambdas)
     r = ramp_model()
-    kw2 = dict(horizon=5.0, dt=1.0, start=START, changes={"rate": [1.0, 2.0, 3.0]})
+    kw2 = {"horizon": 5.0, "dt": 1.0, "start": START, "changes": {"rate": [1.0, 2.0, 3.0]}}
     xr.testing.assert_identical(whatif(r, {}, **kw2),
                                 whatif(r, {}, dask=dask_client, chunk=2, progress=False, **kw2))
 
@@ -210,34 +210,34 @@ def test_dask_missing_names_the_install(monkeypatch):
 
 # -- argument errors -----------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(horizon=-1.0), ValueError, "horizon"),
-    (dict(horizon=2.5), ValueError, "horizon"),
-    (dict(dt="fast"), ValueError, "dt"),
-    (dict(every=3), ValueError, "every"),
-    (dict(state={"pressure": 1.0}), KeyError, "state"),
-    (dict(inputs={"nope": 1.0}), KeyError, "inputs"),
-    (dict(params={"gain": [1.0, 2.0]}), ValueError, "params"),
-    (dict(changes={"level": [1.0]}), KeyError, "changes"),
-    (dict(changes={"rate": ("poisson", 1, 2)}), ValueError, "changes"),
-    (dict(changes={"rate": ("uniform", 2.0, 1.0)}), ValueError, "changes"),
-    (dict(changes={"rate": []}), ValueError, "changes"),
-    (dict(changes={"rate": ("uniform", 0.0, 1.0)}), ValueError, "n:"),
-    (dict(n=5), ValueError, "n:"),
-    (dict(n=0, uncertainty=True, covariance=[[1.0]]), ValueError, "n:"),
-    (dict(uncertainty=True, n=3), ValueError, "covariance"),
-    (dict(uncertainty=True, n=3, covariance=[[1.0, 0.0]]), ValueError, "covariance"),
-    (dict(uncertainty=True, n=3, covariance=[[-1.0]]), ValueError, "covariance"),
-    (dict(covariance=[[1.0]]), ValueError, "covariance"),
-    (dict(limits={"flow": (0, 1)}), KeyError, "limits"),
-    (dict(limits={"level": (2.0, 1.0)}), ValueError, "limits"),
-    (dict(limits={"level": 3.0}), TypeError, "limits"),
-    (dict(quantiles=[0.5, 1.5]), ValueError, "quantiles"),
-    (dict(method="euler"), ValueError, "method"),
-    (dict(start="not a date"), ValueError, "start"),
-    (dict(dask="yes"), TypeError, "dask"),
+    ({"horizon": -1.0}, ValueError, "horizon"),
+    ({"horizon": 2.5}, ValueError, "horizon"),
+    ({"dt": "fast"}, ValueError, "dt"),
+    ({"every": 3}, ValueError, "every"),
+    ({"state": {"pressure": 1.0}}, KeyError, "state"),
+    ({"inputs": {"nope": 1.0}}, KeyError, "inputs"),
+    ({"params": {"gain": [1.0, 2.0]}}, ValueError, "params"),
+    ({"changes": {"level": [1.0]}}, KeyError, "changes"),
+    ({"changes": {"rate": ("poisson", 1, 2)}}, ValueError, "changes"),
+    ({"changes": {"rate": ("uniform", 2.0, 1.0)}}, ValueError, "changes"),
+    ({"changes": {"rate": []}}, ValueError, "changes"),
+    ({"changes": {"rate": ("uniform", 0.0, 1.0)}}, ValueError, "n:"),
+    ({"n": 5}, ValueError, "n:"),
+    ({"n": 0, "uncertainty": True, "covariance": [[1.0]]}, ValueError, "n:"),
+    ({"uncertainty": True, "n": 3}, ValueError, "covariance"),
+    ({"uncertainty": True, "n": 3, "covariance": [[1.0, 0.0]]}, ValueError, "covariance"),
+    ({"uncertainty": True, "n": 3, "covariance": [[-1.0]]}, ValueError, "covariance"),
+    ({"covariance": [[1.0]]}, ValueError, "covariance"),
+    ({"limits": {"flow": (0, 1)}}, KeyError, "limits"),
+    ({"limits": {"level": (2.0, 1.0)}}, ValueError, "limits"),
+    ({"limits": {"level": 3.0}}, TypeError, "limits"),
+    ({"quantiles": [0.5, 1.5]}, ValueError, "quantiles"),
+    ({"method": "euler"}, ValueError, "method"),
+    ({"start": "not a date"}, ValueError, "start"),
+    ({"dask": "yes"}, TypeError, "dask"),
 ])
 def test_whatif_bad_arguments_name_the_argument(kwargs, exc, match):
-    args = dict(state={"level": 0.0}, horizon=4.0, dt=1.0)
+    args = {"state": {"level": 0.0}, "horizon": 4.0, "dt": 1.0}
     args.update(kwargs)
     state = args.pop("state")
     with pytest.raises(exc, match=match):
@@ -290,19 +290,19 @@ def test_calibration_recovers_known_pump_parameters():
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(params=["nope"]), KeyError, "params"),
-    (dict(params=[]), ValueError, "params"),
-    (dict(measured=["vibration"]), KeyError, "measured"),
-    (dict(inputs=["ambient_temperature"]), KeyError, "inputs"),
-    (dict(bounds={"bep_efficiency": (0.9, 0.95)}), ValueError, "bounds"),
-    (dict(bounds={"inertia": (0.0, 1.0)}), KeyError, "bounds"),
-    (dict(dt=0.7), ValueError, "dt"),
-    (dict(noise={"power": 0.0}), ValueError, "noise"),
-    (dict(method="bdf"), ValueError, "method"),
+    ({"params": ["nope"]}, KeyError, "params"),
+    ({"params": []}, ValueError, "params"),
+    ({"measured": ["vibration"]}, KeyError, "measured"),
+    ({"inputs": ["ambient_temperature"]}, KeyError, "inputs"),
+    ({"bounds": {"bep_efficiency": (0.9, 0.95)}}, ValueError, "bounds"),
+    ({"bounds": {"inertia": (0.0, 1.0)}}, KeyError, "bounds"),
+    ({"dt": 0.7}, ValueError, "dt"),
+    ({"noise": {"power": 0.0}}, ValueError, "noise"),
+    ({"method": "bdf"}, ValueError, "method"),
 ])
 def test_calibrate_bad_arguments_name_the_argument(kwargs, exc, match):
     data = _recording().isel(time=slice(0, 20))
-    args = dict(params=["bep_efficiency"])
+    args = {"params": ["bep_efficiency"]}
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         calibrate(pump(), data, **args)

@@ -15,6 +15,7 @@ ensemble run per iteration) and reports the parameters with their standard devia
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from twinbench.kernel import Model
 
-__all__ = ["whatif", "calibrate", "CalibrationResult"]
+__all__ = ["CalibrationResult", "calibrate", "whatif"]
 
 _METHODS = ("ros2", "rk4")
 _BACKENDS = ("auto", "c", "numpy")
@@ -103,7 +104,7 @@ def _start(start: Any) -> np.datetime64:
     if start is None:
         import datetime as _dt
 
-        now = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+        now = _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
         return np.datetime64(now, "ns")
     import pandas as pd
 
@@ -127,6 +128,13 @@ def _choice(value: Any, allowed: Sequence[str], name: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # what-if
 # ------------------------------------------------------------------------------------------------
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass
 class _Plan:
     """The ensemble to run, as arrays over scenarios (scenario 0 is the mirror)."""
@@ -171,8 +179,8 @@ def _parse_changes(model: Model, changes: Any) -> tuple[dict[str, np.ndarray], d
             randoms[name] = (kind, a, b)
             continue
         if isinstance(spec, str):
-            raise TypeError(f"{arg}: expected values or a ('uniform', low, high) / ('normal', mean, "
-                            f"sd) tuple, got {spec!r}")
+            raise TypeError(f"{arg}: expected values or a ('uniform', low, high) / ('normal', "
+                            f"mean, sd) tuple, got {spec!r}")
         try:
             values = np.asarray(spec, dtype=float)
         except (TypeError, ValueError):
@@ -379,7 +387,8 @@ def _model_ref(model: Model) -> tuple:
     if factory is not None:
         ref = factory()
         if (ref.rhs is model.rhs and ref.state_names == model.state_names
-                and ref.param_names == model.param_names and ref.has_compiled == model.has_compiled):
+                and ref.param_names == model.param_names
+                and ref.has_compiled == model.has_compiled):
             return ("registry", model.name)
     import pickle
 
@@ -587,7 +596,7 @@ def whatif(
     _check_model(model)
     dt_s = _seconds(dt, "dt")
     horizon_s = _seconds(horizon, "horizon")
-    steps = int(round(horizon_s / dt_s))
+    steps = round(horizon_s / dt_s)
     if steps < 1 or abs(steps * dt_s - horizon_s) > 1e-9 * max(1.0, horizon_s):
         raise ValueError(f"horizon: expected a whole number of steps of dt={dt_s} s, got "
                          f"{horizon_s} s ({horizon_s / dt_s:.6g} steps)")
@@ -608,15 +617,13 @@ def whatif(
     lims = _limits(model, limits)
     t0 = _start(start)
     plan = _plan(model, state, inputs, params, changes, n, uncertainty, covariance, seed, steps)
-    return _whatif(model, plan, q, lims, dict(steps=steps, dt=dt_s, every=int(every),
-                                              method=method, backend=backend, threads=threads,
-                                              start=t0),
-                   dask, chunk, progress)
+    run = {"steps": steps, "dt": dt_s, "every": int(every), "method": method,
+           "backend": backend, "threads": threads, "start": t0}
+    return _whatif(model, plan, q, lims, run, dask, chunk, progress)
 
 
 def _whatif(model: Model, plan: _Plan, q: np.ndarray, lims: dict, run: dict, dask: Any,
             chunk: int | None, progress: Any) -> xr.Dataset:
-    import xarray as xr
 
     arrays = {"x0": plan.x0, "inputs": plan.inputs, "params": plan.params}
     if dask is None or dask is False:
@@ -625,21 +632,31 @@ def _whatif(model: Model, plan: _Plan, q: np.ndarray, lims: dict, run: dict, das
         ds = _run_dask(model, arrays, plan.nscen, run, dask, chunk, progress)
 
     # Inputs are held over the horizon: one value per scenario, not a (time, scenario) array.
-    for name in model.input_names:
-        ds[name] = ("scenario", plan.inputs[name], ds[name].attrs)
-    ds = ds.assign_coords(sample=("scenario", plan.sample,
-                                  {"long_name": "random draw (-1: the mirror)", "units": "1"}))
-    ds = ds.set_coords(plan.changed)
+    new: dict[str, tuple] = {name: ("scenario", plan.inputs[name], ds[name].attrs)
+                             for name in model.input_names}
     times = ds.time.values
     proj = slice(1, None) if plan.nscen > 1 else slice(None)
-    for v in model.states + model.outputs:
+    declared = model.states + model.outputs
+
+    def summarise(v) -> tuple:
         values = ds[v.name].values[:, proj]
-        fn = np.nanquantile if np.isnan(values).any() else np.quantile
-        qv = fn(values, q, axis=1)
-        ds[f"{v.name}_quantiles"] = (("quantile", "time"), qv,
-                                     {"units": v.units,
-                                      "long_name": f"quantiles of {v.long_name or v.name} over "
-                                                   "the projections"})
+        fn = np.nanquantile if np.isnan(values.sum()) else np.quantile
+        return fn(values, q, axis=1)
+
+    # np.quantile's partition releases the GIL: on a large ensemble the summaries are a good
+    # part of the whole run, so they go to a thread per core.
+    if ds[declared[0].name].size * len(declared) > 2_000_000 and _cores() > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(_cores(), len(declared))) as pool:
+            summaries = list(pool.map(summarise, declared))
+    else:
+        summaries = [summarise(v) for v in declared]
+    for v, qv in zip(declared, summaries):
+        new[f"{v.name}_quantiles"] = (("quantile", "time"), qv,
+                                      {"units": v.units,
+                                       "long_name": f"quantiles of {v.long_name or v.name} over "
+                                                    "the projections"})
     for name, (lo, hi) in lims.items():
         values = ds[name].values
         with np.errstate(invalid="ignore"):
@@ -647,12 +664,16 @@ def _whatif(model: Model, plan: _Plan, q: np.ndarray, lims: dict, run: dict, das
         violates = bad.any(axis=0)
         first = np.where(violates, times[bad.argmax(axis=0)], np.datetime64("NaT", "ns"))
         units = model.variable(name).units
-        ds[f"{name}_violates"] = ("scenario", violates,
-                                  {"long_name": f"{name} leaves [{lo:g}, {hi:g}] {units}",
-                                   "limit_low": lo, "limit_high": hi})
-        ds[f"{name}_first_violation"] = ("scenario", first,
-                                         {"long_name": f"first sampled time {name} leaves "
-                                                       f"[{lo:g}, {hi:g}] {units} (NaT: never)"})
+        new[f"{name}_violates"] = ("scenario", violates,
+                                   {"long_name": f"{name} leaves [{lo:g}, {hi:g}] {units}",
+                                    "limit_low": lo, "limit_high": hi})
+        new[f"{name}_first_violation"] = ("scenario", first,
+                                          {"long_name": f"first sampled time {name} leaves "
+                                                        f"[{lo:g}, {hi:g}] {units} (NaT: never)"})
+    ds = ds.assign(new)
+    ds = ds.assign_coords(sample=("scenario", plan.sample,
+                                  {"long_name": "random draw (-1: the mirror)", "units": "1"}))
+    ds = ds.set_coords(plan.changed)
     ds = ds.assign_coords(quantile=("quantile", q, {"long_name": "quantile over the projections"}))
     ds.attrs.update({"title": f"what-if of {model.name}", "mirror_scenario": 0,
                      "projections": plan.nscen - 1,
@@ -897,7 +918,7 @@ def calibrate(
         upper.append(hi)
     x0 = _named_scalars(x0, model.state_names, "x0", "state")
     dt = interval if dt is None else _seconds(dt, "dt")
-    every = int(round(interval / dt))
+    every = round(interval / dt)
     if every < 1 or abs(every * dt - interval) > 1e-9 * interval:
         raise ValueError(f"dt: expected a step that divides the sample interval {interval} s, "
                          f"got {dt}")
