@@ -174,7 +174,7 @@ def test_limits_on_the_pump_agree_with_a_direct_check():
 def dask_client():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -198,6 +198,22 @@ def test_dask_ensemble_is_identical_to_the_local_run(dask_client):
     kw2 = {"horizon": 5.0, "dt": 1.0, "start": START, "changes": {"rate": [1.0, 2.0, 3.0]}}
     xr.testing.assert_identical(whatif(r, {}, **kw2),
                                 whatif(r, {}, dask=dask_client, chunk=2, progress=False, **kw2))
+
+
+def test_dask_true_starts_and_closes_its_own_local_cluster():
+    pytest.importorskip("distributed")
+    import multiprocessing
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    kw = {"horizon": 60.0, "dt": 1.0, "start": START, "every": 10,
+          "changes": {"speed_setpoint": [2000.0, 2400.0, 2950.0]}}
+    seen = []
+    remote = whatif(pump(), {"wear": 0.5}, dask=True, chunk=2,
+                    progress=lambda done, total: seen.append((done, total)), **kw)
+    xr.testing.assert_identical(whatif(pump(), {"wear": 0.5}, **kw), remote)
+    assert seen[-1] == (2, 2)
+    # its worker processes are gone with it
+    assert {p.pid for p in multiprocessing.active_children()} <= before
 
 
 def test_dask_missing_names_the_install(monkeypatch):

@@ -220,7 +220,7 @@ def _covariance(covariance: Any, nx: int) -> np.ndarray:
     if w.min() < -1e-9 * max(1.0, abs(w).max()):
         raise ValueError(f"covariance: expected a positive semi-definite matrix, smallest "
                          f"eigenvalue {w.min():g}")
-    return cov
+    return (cov + cov.T) / 2.0  # a filter's P is symmetric only to rounding
 
 
 def _state_bounds(model: Model) -> dict[str, tuple[float, float]]:
@@ -459,7 +459,7 @@ def _run_dask(model: Model, plan_arrays: dict, nscen: int, run: dict, dask: Any,
     own = None
     if dask is True:
         cluster = distributed.LocalCluster(processes=True, threads_per_worker=1,
-                                           dashboard_address=None)
+                                           dashboard_address=":0")
         own = client = distributed.Client(cluster)
     elif isinstance(dask, distributed.Client):
         client = dask
