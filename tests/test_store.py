@@ -192,6 +192,11 @@ def test_history_refuses_other_variables_and_second_writer(tmp_path):
         History(tmp_path / "plain.zarr", VARS)
     with pytest.raises(ValueError, match="attrs"):
         History(tmp_path / "b.zarr", VARS, attrs={"twinbench_rows": 3})
+    # A History dropped without close() (kept only by a cycle, like a re-run notebook cell's
+    # twin) does not keep the store locked.
+    h = History(path, VARS)
+    h.cycle = h
+    del h
     h = History(path, VARS)
     h.close()
     with pytest.raises(RuntimeError, match="closed"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import sys
 import threading
 import time as _time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -614,17 +616,27 @@ class History:
         # The lock is on the store's directory itself: no extra file that zarr would warn
         # about, and the kernel releases it when the process dies, SIGKILL included.
         fd = os.open(self._path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise RuntimeError(f"path: {str(self._path)!r} is open for writing by another "
-                               f"History (close it first)") from None
+        for attempt in range(2):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt == 0:
+                    # A History nobody can reach any more (a re-run notebook cell's twin, kept
+                    # alive only by reference cycles) lets go of the lock when collected.
+                    gc.collect()
+                    continue
+                os.close(fd)
+                raise RuntimeError(f"path: {str(self._path)!r} is open for writing by another "
+                                   f"History (stop its twin or close it first)") from None
         self._lock_file = fd
+        # Closing the descriptor releases the flock: on close(), or when this object is
+        # collected without one (its unflushed rows are then lost, as after a crash).
+        self._finalizer = weakref.finalize(self, os.close, fd)
 
     def _unlock(self) -> None:
         if self._lock_file is not None:
-            os.close(self._lock_file)  # closing the descriptor releases the flock
+            self._finalizer()  # closes the descriptor once, however often it is called
             self._lock_file = None
 
     def _open(self, user_attrs: dict[str, Any], units: Mapping[str, str],
