@@ -54,6 +54,15 @@ def test_default_start_is_now_utc():
     assert before <= ds.time.values[0] <= after
 
 
+def test_horizon_and_dt_as_durations():
+    import datetime as dt
+
+    a = whatif(ramp_model(), {}, horizon=dt.timedelta(minutes=2), dt="1s", start=START)
+    b = whatif(ramp_model(), {}, horizon=np.timedelta64(120, "s"), dt=1.0, start=START)
+    xr.testing.assert_identical(a, b)
+    assert a.sizes["time"] == 121 and float(a.level[-1, 0]) == pytest.approx(120.0)
+
+
 def test_grid_changes_are_a_full_factorial_after_the_mirror():
     m = pump()
     speeds = [2000.0, 2500.0, 2950.0]
