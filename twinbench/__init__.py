@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 # Importing the kernel checks that its compiled part is built and says what to do if not.
 from twinbench import models
+from twinbench.act import Condition, Limits, Rule, guarded_writer
 from twinbench.io import connect, replay
 from twinbench.kernel import (
     Cusum,
@@ -25,6 +26,9 @@ from twinbench.kernel import (
     cython_model,
     linear_model,
 )
+from twinbench.maintenance import MaintenancePolicy, kpis
+from twinbench.scenario import calibrate, whatif
+from twinbench.twin import Twin, run
 
 try:
     __version__ = version("twinbench")
@@ -53,6 +57,17 @@ __all__ = [
     # live equipment and recordings
     "connect",
     "replay",
+    # the live twin
+    "Twin",
+    "run",
+    "whatif",
+    "calibrate",
+    "Rule",
+    "Condition",
+    "Limits",
+    "guarded_writer",
+    "MaintenancePolicy",
+    "kpis",
     # metadata
     "__version__",
 ]

@@ -26,6 +26,7 @@ BENCH_AREAS = {
     "io": ["io_mqtt", "io_opcua"],
     "mqtt": ["io_mqtt"],
     "opcua": ["io_opcua"],
+    "twin": ["twin", "twin_whatif"],
 }
 
 
