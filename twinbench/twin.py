@@ -367,8 +367,7 @@ class Twin:
             self._on_events(self._engine.evaluate_batch(stamp, columns))
         self._ring.append(stamp, columns)
         if self._history is not None:
-            self._history.append(stamp, columns)
-            self._history.maybe_flush()
+            self._history.append(stamp, columns)  # flushed by the running loop, or on stop()
         return T
 
     def _on_events(self, events: list[Any]) -> None:
@@ -428,6 +427,8 @@ class Twin:
             await source.start()
             async for batch in source.batches():
                 self.process(batch)
+                if self._history is not None:  # writes on a worker thread: the loop runs on
+                    await self._history.amaybe_flush()
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the source failed: say so, keep the state
@@ -435,7 +436,7 @@ class Twin:
             _logger.exception("twin %s: the source stopped with an error", self.name)
         finally:
             if self._history is not None:
-                self._history.flush()
+                await self._history.aflush()
 
     def start(self) -> Twin:
         """Run the twin on the running event loop (JupyterLab, Voila, or your own); returns at
@@ -463,7 +464,7 @@ class Twin:
                 pass
         await self.source.stop()
         if self._history is not None:
-            self._history.flush()
+            await self._history.aflush()
 
     def close(self) -> None:
         """Flush and close the history (the twin can no longer be started); idempotent."""

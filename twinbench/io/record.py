@@ -10,10 +10,10 @@ from URLs).
 
 Files: ``.nc`` is written as NetCDF3 with xarray's ``scipy`` engine (no new dependency).
 NetCDF3 has no 64-bit integers and no unsigned bytes, so times are stored as float64
-microseconds since 1970-01-01 (exact to the microsecond: sub-microsecond parts are lost) and
-quality codes as signed bytes with ``_Unsigned = "true"`` (xarray reads them back as uint8).
-``.zarr`` needs the ``zarr`` package; it is not a dependency of twinbench, and without it a
-``.zarr`` path raises ImportError.
+microseconds since 1970-01-01 (to within a microsecond: sub-microsecond parts are lost, and
+decoding may be off by ~0.1 µs) and quality codes as signed bytes with ``_Unsigned = "true"``
+(xarray reads them back as uint8). ``.zarr`` keeps nanoseconds (zarr is a dependency; an
+install without it gets an ImportError for a ``.zarr`` path).
 
 In a notebook, use ``await arecord(...)``: the kernel stays responsive while recording.
 :func:`record` called where an event loop is already running (a notebook cell) runs the
@@ -149,7 +149,7 @@ def write_dataset(ds: Any, path: str | os.PathLike[str]) -> Path:
                               f"installed; use a .nc path")
         out.to_zarr(path, mode="w", consolidated=False)
         return path
-    # NetCDF3: no int64 (times as float64 microseconds, exact below 2**53 us), no uint8.
+    # NetCDF3: no int64 (times as float64 microseconds, to within a microsecond), no uint8.
     out["time"].encoding.update(units="microseconds since 1970-01-01", dtype="float64",
                                 calendar="proleptic_gregorian")
     for name, var in list(out.data_vars.items()):
