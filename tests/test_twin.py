@@ -278,4 +278,46 @@ def test_history_persists_and_a_restarted_twin_continues(fault_day, tmp_path):
     both = again.history()
     assert both.sizes["time"] == 400 and (np.diff(both.time.values.astype(np.int64)) > 0).all()
     np.testing.assert_allclose(both.vibration.values, rec.vibration.values[:400])
+    # what a replay needs is stored with the data: parameters, filter settings, tag map
+    import json
+
+    attrs = again._history.attrs
+    assert json.loads(attrs["params"])["wear_rate"] == tb.models.pump().params[
+        tb.models.pump().param_names.index("wear_rate")].default
+    assert json.loads(attrs["filter"])["R"]["vibration"] == R["vibration"]
+    assert json.loads(attrs["tags"])["vibration"] == "vibration"
     again.close()
+
+
+def test_three_pumps_side_by_side_as_a_system(start_plant, stop_plant):
+    from twinbench.twin import SystemTwin
+
+    plants = [start_plant(speedup=60.0, rate=10.0, seed=k) for k in range(3)]
+    R = {"speed": 4.0, "vibration": 0.0025}
+
+    async def main():
+        twins = [Twin(tb.models.pump(), tb.connect(p.opcua_url, {
+                     "speed": "ns=2;s=Pump1.speed", "vibration": "ns=2;s=Pump1.vibration"},
+                     publishing_interval=50), R=R, Q=Q, P0=P0, max_step=0.5, name=f"pump{k}")
+                 for k, p in enumerate(plants)]
+        system = SystemTwin(twins, name="station").start()
+        try:
+            deadline = time.monotonic() + 20
+            while min(t.stats["steps"] for t in twins) < 10:
+                assert time.monotonic() < deadline, [t.stats for t in twins]
+                await asyncio.sleep(0.05)
+            return system.state, system.alarms
+        finally:
+            await system.stop()
+            for p in plants:
+                stop_plant(p)
+
+    state, alarms = asyncio.run(main())
+    assert state.asset.values.tolist() == ["pump0", "pump1", "pump2"]
+    assert state.wear.dims == ("asset", "time")
+    for k in range(3):
+        assert np.isfinite(state.speed.sel(asset=f"pump{k}").values).sum() >= 10
+    assert set(alarms) == {"pump0", "pump1", "pump2"}
+    with pytest.raises(ValueError, match="unique"):
+        SystemTwin([Twin(tb.models.pump(), tb.connect(plants[0].opcua_url, {
+            "speed": "ns=2;s=Pump1.speed"}), R=R)] * 2)

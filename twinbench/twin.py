@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Twin", "convert_units", "run"]
+__all__ = ["SystemTwin", "Twin", "convert_units", "run"]
 
 _logger = logging.getLogger("twinbench.twin")
 
@@ -206,7 +206,7 @@ class Twin:
             self._history = History(history, list(columns), flush_interval=flush_interval,
                                     units={k: v[0] for k, v in columns.items()},
                                     long_names={k: v[1] for k, v in columns.items()},
-                                    attrs={"twin": self.name, "model": type(model).__name__})
+                                    attrs=self._provenance(model, R, q, params))
         from twinbench.act import RuleEngine
 
         self._engine = RuleEngine(list(rules)) if rules else None
@@ -225,6 +225,24 @@ class Twin:
         self._started_at: float | None = None
 
     # -- configuration helpers -----------------------------------------------------------------
+
+    def _provenance(self, model: Any, R: Mapping[str, float], q: Sequence[float],
+                    params: Mapping[str, float] | None) -> dict[str, str]:
+        """What a stored history needs to replay any past moment through the twin exactly:
+        the model's declarations, the parameter values, the filter's noise settings and the
+        tag map (as JSON text)."""
+        import json
+
+        values = {p.name: float((params or {}).get(p.name, p.default)) for p in model.params}
+        return {"twin": self.name, "model": getattr(model, "name", type(model).__name__),
+                "model_states": json.dumps(list(model.state_names)),
+                "model_inputs": json.dumps(list(model.input_names)),
+                "model_outputs": json.dumps(list(model.output_names)),
+                "params": json.dumps(values, sort_keys=True),
+                "filter": json.dumps({"R": {m: float(R[m]) for m in self.measured},
+                                      "Q": dict(zip(model.state_names, map(float, q),
+                                                    strict=True))}, sort_keys=True),
+                "tags": json.dumps(self.tags, sort_keys=True)}
 
     def _check_signal(self, signal: str) -> None:
         known = {*self.measured, *self.model.state_names, "nis",
@@ -524,6 +542,57 @@ class Twin:
         status = "running" if self.running else "stopped"
         return (f"<Twin {self.name} {status}: {len(self.tags)} tags, "
                 f"{self.stats['samples']} samples>")
+
+
+class SystemTwin:
+    """Several twins seen as one system: started and stopped together, one state with an
+    ``asset`` dimension.
+
+    Parameters
+    ----------
+    twins : sequence of Twin
+        Their names (unique) label the ``asset`` coordinate.
+    name : str, default "system"
+    """
+
+    def __init__(self, twins: Sequence[Twin], name: str = "system") -> None:
+        twins = list(twins)
+        if not twins or not all(isinstance(t, Twin) for t in twins):
+            raise TypeError("twins: expected a non-empty sequence of Twin")
+        names = [t.name for t in twins]
+        if len(set(names)) != len(names):
+            raise ValueError(f"twins: names must be unique to label the assets, got {names}")
+        self.twins = twins
+        self.name = name
+
+    def start(self) -> SystemTwin:
+        """Start every twin on the running loop (idempotent, like :meth:`Twin.start`)."""
+        for twin in self.twins:
+            twin.start()
+        return self
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(twin.stop() for twin in self.twins))
+
+    @property
+    def state(self) -> Any:
+        """One Dataset: dims ``asset`` × ``time`` (the union of the twins' times; NaN where an
+        asset has no row at a time). Variables a twin lacks are NaN for it."""
+        import xarray as xr
+
+        states = [t.state for t in self.twins]
+        ds = xr.concat(states, dim="asset", join="outer", data_vars="all", coords="minimal",
+                       compat="override", combine_attrs="drop_conflicts")
+        ds = ds.assign_coords(asset=[t.name for t in self.twins])
+        ds.attrs.update({"system": self.name})
+        return ds
+
+    @property
+    def alarms(self) -> dict[str, dict[str, bool]]:
+        return {t.name: t.alarms for t in self.twins}
+
+    def __repr__(self) -> str:
+        return f"<SystemTwin {self.name}: {', '.join(repr(t) for t in self.twins)}>"
 
 
 def _loop_running() -> bool:
