@@ -28,7 +28,7 @@ from twinbench.kernel import (
 )
 from twinbench.maintenance import MaintenancePolicy, kpis
 from twinbench.scenario import calibrate, whatif
-from twinbench.twin import Twin, run
+from twinbench.twin import SystemTwin, Twin, run
 
 try:
     __version__ = version("twinbench")
@@ -59,6 +59,7 @@ __all__ = [
     "replay",
     # the live twin
     "Twin",
+    "SystemTwin",
     "run",
     "whatif",
     "calibrate",
