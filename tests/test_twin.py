@@ -321,3 +321,18 @@ def test_three_pumps_side_by_side_as_a_system(start_plant, stop_plant):
     with pytest.raises(ValueError, match="unique"):
         SystemTwin([Twin(tb.models.pump(), tb.connect(plants[0].opcua_url, {
             "speed": "ns=2;s=Pump1.speed"}), R=R)] * 2)
+
+
+def test_a_configured_filter_can_be_given(fault_day):
+    from twinbench.kernel.estimate import ExtendedKalmanFilter
+
+    _, rec, R = fault_day
+    ekf = ExtendedKalmanFilter(tb.models.pump(), Q=list(Q.values()), R=[R[m] for m in MEASURED],
+                               measured=MEASURED, P0=P0, x0={"wear": 0.0}, max_step=0.5)
+    twin = Twin(tb.models.pump(), tb.replay(rec, speed=None), estimator=ekf)
+    assert twin.ekf is ekf
+    with pytest.raises(ValueError, match="estimator: its measured"):
+        Twin(tb.models.pump(), tb.replay(rec, speed=None), tags={"speed": "speed"},
+             estimator=ekf)
+    with pytest.raises(ValueError, match="estimator: expected 'ekf'"):
+        Twin(tb.models.pump(), tb.replay(rec, speed=None), estimator="ukf", R=R)

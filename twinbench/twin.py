@@ -84,9 +84,14 @@ class Twin:
         output or state. Inputs drive the model; outputs and states are measurements.
     name : str, optional
         The asset's name (default: the model's name).
+    estimator : "ekf" or ExtendedKalmanFilter, default "ekf"
+        The state estimator: an extended Kalman filter built from `R`, `Q`, `x0`, `P0`,
+        `params`, `max_step`, or one you configured (its ``measured`` must be the twin's
+        measured variables, in the tag map's order).
     R : mapping of measured variable to float
         Measurement noise variance per measured variable (its units squared). Required for
-        every measured variable: the twin cannot guess how noisy a sensor is.
+        every measured variable with ``estimator="ekf"``: the twin cannot guess how noisy a
+        sensor is.
     Q : mapping of state to float, optional
         Process noise spectral density per state (units² per second); default 1e-6 × max(1,
         |default|)² per state.
@@ -120,7 +125,8 @@ class Twin:
     """
 
     def __init__(self, model: Any, source: Any, tags: Mapping[str, str] | None = None, *,
-                 name: str | None = None, R: Mapping[str, float] | None = None,
+                 name: str | None = None, estimator: Any = "ekf",
+                 R: Mapping[str, float] | None = None,
                  Q: Mapping[str, float] | None = None, x0: Any = None, P0: Any = None,
                  params: Mapping[str, float] | None = None, max_step: float = 0.1,
                  detectors: Mapping[str, Any] | None = None, window: float = 600.0,
@@ -156,16 +162,28 @@ class Twin:
         self.measured = [v for v in tags if v not in model.input_names]
         if not self.measured:
             raise ValueError("tags: the twin needs at least one measured output or state")
-        R = dict(R or {})
-        missing = [m for m in self.measured if m not in R]
-        if missing:
-            raise ValueError(f"R: expected a measurement noise variance for {missing} "
-                             f"(units squared, e.g. {{{missing[0]!r}: 0.01}})")
-        Q = dict(Q or {})
-        q = [float(Q.get(s.name, 1e-6 * max(1.0, abs(s.default)) ** 2)) for s in model.states]
-        self.ekf = ExtendedKalmanFilter(model, Q=q, R=[float(R[m]) for m in self.measured],
-                                        x0=x0, P0=P0, params=params, measured=self.measured,
-                                        max_step=max_step)
+        if isinstance(estimator, ExtendedKalmanFilter):
+            if list(estimator.measured) != self.measured:
+                raise ValueError(f"estimator: its measured variables {list(estimator.measured)} "
+                                 f"differ from the twin's {self.measured}")
+            self.ekf = estimator
+            R = {m: float(estimator._R[j, j]) for j, m in enumerate(self.measured)}
+            q = [float(v) for v in np.diag(estimator._Q)]
+        elif estimator == "ekf":
+            R = dict(R or {})
+            missing = [m for m in self.measured if m not in R]
+            if missing:
+                raise ValueError(f"R: expected a measurement noise variance for {missing} "
+                                 f"(units squared, e.g. {{{missing[0]!r}: 0.01}})")
+            Q = dict(Q or {})
+            q = [float(Q.get(s.name, 1e-6 * max(1.0, abs(s.default)) ** 2))
+                 for s in model.states]
+            self.ekf = ExtendedKalmanFilter(model, Q=q, R=[float(R[m]) for m in self.measured],
+                                            x0=x0, P0=P0, params=params,
+                                            measured=self.measured, max_step=max_step)
+        else:
+            raise ValueError(f"estimator: expected 'ekf' or an ExtendedKalmanFilter, got "
+                             f"{estimator!r}")
         # Units: a tag map may declare the tag's units; they are converted to the variable's.
         tag_units = _source_units(source)
         self._convert = {}
