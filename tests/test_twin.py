@@ -60,6 +60,9 @@ def test_replayed_fault_day_estimates_wear_and_raises_an_alarm(fault_day):
     np.testing.assert_allclose(state.vibration_predicted + state.vibration_residual,
                                state.vibration, rtol=1e-12)
     assert state.speed.attrs["units"] == "rpm" and state.wear_std.attrs["units"]
+    # outputs nobody measured are predicted from the estimated state
+    assert np.isfinite(state.pressure_predicted.values).all()
+    assert state.pressure_predicted.attrs["units"] == "bar"
     assert twin.stats["steps"] == rec.sizes["time"] and twin.stats["errors"] == 0
     assert "Twin" in twin._repr_html_() and "alarm_vibration" in twin._repr_html_()
 

@@ -212,6 +212,14 @@ class Twin:
         if not (isinstance(window, (int, float)) and window > 0):
             raise ValueError(f"window: expected seconds > 0, got {window!r}")
         self.window = float(window)
+        # Outputs nobody measures are computed from the estimated state (the model's NumPy
+        # output function, vectorised over the batch).
+        self._unmeasured_outputs = ([o for o in model.output_names if o not in self.measured]
+                                    if getattr(model, "output", None) is not None else [])
+        declared = np.array([float((params or {}).get(p.name, p.default)) for p in model.params])
+        self._pk = (model.kernel_params(declared[:, None])[:, 0] if self._unmeasured_outputs
+                    else None)
+        self._u_default = np.array([v.default for v in model.inputs])
         columns = self._columns(variables)
         cap = capacity if capacity is not None else max(1000, int(self.window * 20))
         self._ring = RingBuffer(list(columns), cap,
@@ -282,6 +290,9 @@ class Twin:
         for m in self.measured:
             cols[f"{m}_residual"] = (variables[m].units, f"{m} minus its prediction")
             cols[f"{m}_predicted"] = (variables[m].units, f"{m} predicted by the twin")
+        for o in self._unmeasured_outputs:
+            cols[f"{o}_predicted"] = (variables[o].units,
+                                      f"{variables[o].long_name or o} from the estimated state")
         cols["nis"] = ("1", "normalised innovation squared")
         for policy in self.maintenance:
             cols[f"rul_{policy.indicator}"] = (
@@ -357,10 +368,9 @@ class Twin:
             if name in inputs:
                 u[:, j] = inputs[name]
         result = self.ekf.filter_arrays(t, z, u)
-        for j in range(u.shape[1]):  # the last value given of every input, for what-ifs
-            col = u[:, j][np.isfinite(u[:, j])]
-            if len(col):
-                self._u_last[j] = col[-1]
+        held = _hold(u, np.where(np.isfinite(self._u_last), self._u_last, self._u_default))
+        if len(held):  # the last value given of every input, for what-ifs
+            self._u_last = np.where(np.isfinite(u).any(axis=0), held[-1], self._u_last)
         self.stats["steps"] += T
         self._last_ns = int(times[-1])
         columns: dict[str, np.ndarray] = {self._col[v]: a for v, a in (*measured.items(),
@@ -373,6 +383,11 @@ class Twin:
             columns[f"{m}_residual"] = result.innovation[:, j]
             columns[f"{m}_predicted"] = z[:, j] - result.innovation[:, j]
         columns["nis"] = result.nis
+        if self._unmeasured_outputs:
+            y = np.asarray(self.model.output(t[None, :], result.x.T, held.T,
+                                             self._pk[:, None]), dtype=np.float64)
+            for o in self._unmeasured_outputs:
+                columns[f"{o}_predicted"] = y[self.model.output_names.index(o)]
         for signal, alarm, det in self._detectors:
             if signal == "nis":
                 out = det.update(result.nis, result.nis_dof, t)
@@ -611,6 +626,18 @@ class SystemTwin:
 
     def __repr__(self) -> str:
         return f"<SystemTwin {self.name}: {', '.join(repr(t) for t in self.twins)}>"
+
+
+def _hold(u: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Inputs per row with NaN meaning "hold the last value" (from `start` before the first)."""
+    out = u.copy()
+    prev = start
+    for i in range(out.shape[0]):
+        row = out[i]
+        bad = ~np.isfinite(row)
+        row[bad] = prev[bad]
+        prev = row
+    return out
 
 
 def _loop_running() -> bool:
