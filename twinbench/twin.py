@@ -246,6 +246,9 @@ class Twin:
         self._params = dict(params or {})
         self._task: asyncio.Task[None] | None = None
         self._alarms: dict[str, bool] = {alarm: False for _, alarm, _ in self._detectors}
+        from twinbench.io.decode import RateLimitedLog
+
+        self._log = RateLimitedLog(_logger, interval_s=10.0)
         self.stats = {"batches": 0, "samples": 0, "steps": 0, "late_samples": 0,
                       "bad_samples": 0, "errors": 0, "busy_s": 0.0}
         self._started_at: float | None = None
@@ -397,9 +400,9 @@ class Twin:
                 out = det.update(values, t)
             flags = np.asarray(out.alarm, dtype=bool).reshape(T, -1).any(axis=1)
             columns[alarm] = flags.astype(np.float64)
-            if flags[-1] != self._alarms[alarm]:
-                _logger.warning("twin %s: %s %s", self.name, alarm,
-                                "raised" if flags[-1] else "cleared")
+            if flags[-1] != self._alarms[alarm]:  # rate-limited: a flapping alarm is one line
+                self._log.warning(alarm, "twin %s: %s %s", self.name, alarm,
+                                  "raised" if flags[-1] else "cleared")
             self._alarms[alarm] = bool(flags[-1])
         stamp = times.view("datetime64[ns]")
         for policy in self.maintenance:
