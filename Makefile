@@ -23,13 +23,16 @@ setup: .stamp-install
 
 # System packages: a C compiler, Python headers and venv support to build; mosquitto (the MQTT
 # broker the tests and the plant run on loopback) and its C clients (the MQTT benchmark's
-# publisher). Installed with apt-get only when missing.
+# publisher); Chromium for the browser tests of the Voila apps (Playwright drives Debian's
+# /usr/bin/chromium: `playwright install` cannot download browsers here). Installed with apt-get
+# only when missing.
 .stamp-system:
 	@missing=""; \
 	command -v gcc >/dev/null || missing="$$missing gcc g++ make"; \
 	$(PYTHON) -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null || missing="$$missing python3-dev python3-venv"; \
 	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
 	command -v mosquitto_pub >/dev/null || missing="$$missing mosquitto-clients"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing with apt-get:$$missing"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
