@@ -9,7 +9,7 @@ import sys
 import pytest
 
 HEAVY = ["scipy", "xarray", "pandas", "ipywidgets", "bokeh", "dask", "distributed", "asyncua",
-         "paho", "IPython", "matplotlib", "filterpy"]
+         "paho", "IPython", "matplotlib", "filterpy", "zarr", "jupyter_bokeh", "voila"]
 
 
 def _loaded_after(statement: str) -> set[str]:
