@@ -153,3 +153,63 @@ class LatestValues:
         seen = np.flatnonzero(~np.isnat(self.time))
         return Batch(seen.astype(np.int32), self.time[seen], self.value[seen],
                      self.quality[seen], tags=self.tags)
+
+
+class LiveSource:
+    """What the live sources share: ``async with``, :meth:`stop`, :meth:`batches`,
+    :meth:`read_latest` and the sync facade for notebook cells (on a private loop thread).
+
+    A subclass provides ``start()``, ``read(timeout)``, ``_shutdown()``, and the attributes
+    ``_running``, ``_client``, ``_latest`` (:class:`LatestValues`), ``_sync``
+    (:class:`~twinbench.io._sync.LoopThread`) and ``connect_timeout``.
+    """
+
+    _running: bool
+    _client: Any
+    _latest: LatestValues
+    _sync: Any
+    connect_timeout: float
+
+    async def __aenter__(self) -> Any:
+        await self.start()  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Disconnect (bounded by ``connect_timeout``); idempotent. What is still buffered stays
+        readable; :meth:`batches` ends once it is consumed."""
+        if self._running or self._client is not None:
+            await self._shutdown()  # type: ignore[attr-defined]
+
+    async def batches(self) -> Any:
+        """Yield non-empty batches as data arrive, until the source is stopped."""
+        while True:
+            batch = await self.read()  # type: ignore[attr-defined]
+            if batch is None:
+                return
+            if len(batch):
+                yield batch
+
+    def read_latest(self) -> Any:
+        """The newest consumed sample of every tag seen so far, as a batch (one per tag)."""
+        return self._latest.batch()
+
+    def start_sync(self) -> None:
+        """``start()`` from synchronous code (a notebook cell), on a private loop thread."""
+        self._sync.run(self.start(), 3 * self.connect_timeout + 1.0)  # type: ignore[attr-defined]
+
+    def read_sync(self, timeout: float = 1.0) -> Any:
+        """``read()`` from synchronous code: the next batch, empty after `timeout` s."""
+        return self._sync.run(self.read(timeout),  # type: ignore[attr-defined]
+                              timeout + self.connect_timeout)
+
+    def stop_sync(self) -> None:
+        """:meth:`stop` from synchronous code, then end the private loop thread."""
+        if not self._sync.running:
+            return
+        try:
+            self._sync.run(self.stop(), 2 * self.connect_timeout + 1.0)
+        finally:
+            self._sync.close(self.connect_timeout)

@@ -51,13 +51,14 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from twinbench.io._common import (
     LatestValues,
+    LiveSource,
     WriteRejected,
     check_timeout,
     credentials,
@@ -353,7 +354,7 @@ def _make_decoder(decoder: Any, tm: TagMap, options: Mapping[str, Any]) -> Decod
     return factory(addresses, **options)
 
 
-class MqttSource:
+class MqttSource(LiveSource):
     """A subscription to the topics of a tag map, delivering :class:`~twinbench.io.batch.Batch`.
 
     Build one with :func:`mqtt_source`. Async API: :meth:`start`, :meth:`stop`, :meth:`batches`,
@@ -468,10 +469,6 @@ class MqttSource:
                 "password_set": self.__password is not None, "topics": list(self.topics),
                 "overflow": self.overflow, "queue_size": self.queue_size, **counters,
                 "batches": self._batches, "decode": self.decoder.stats.as_dict()}
-
-    def read_latest(self) -> Batch:
-        """The newest consumed sample of every tag seen so far, as a batch (one sample per tag)."""
-        return self._latest.batch()
 
     # -- paho's callbacks (on the source's loop) ------------------------------------------------
 
@@ -949,21 +946,6 @@ class MqttSource:
         """
         return topic_tree(dict(self._seen), self.url)
 
-    async def __aenter__(self) -> MqttSource:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Disconnect and stop reading (bounded by ``connect_timeout``); idempotent.
-
-        Messages still buffered stay readable; :meth:`batches` ends once they are consumed.
-        """
-        if self._running or self._client is not None:
-            await self._shutdown()
-
     async def _shutdown(self) -> None:
         self._running = False
         for task in (self._misc_task, self._reconnect_task):
@@ -1074,47 +1056,18 @@ class MqttSource:
         if left > 0 and self._running:
             await asyncio.sleep(left)
 
-    async def batches(self) -> AsyncIterator[Batch]:
-        """Yield non-empty batches as messages arrive, until the source is stopped."""
-        while True:
-            batch = await self.read()
-            if batch is None:
-                return
-            if len(batch):
-                yield batch
-
     # -- sync facade ---------------------------------------------------------------------------
-
-    def _run_sync(self, coro: Any, timeout: float) -> Any:
-        return self._sync.run(coro, timeout)
-
-    def start_sync(self) -> None:
-        """:meth:`start` from synchronous code (a notebook cell), on a private loop thread."""
-        self._run_sync(self.start(), 3 * self.connect_timeout + 1.0)
-
-    def read_sync(self, timeout: float = 1.0) -> Batch | None:
-        """:meth:`read` from synchronous code: the next batch, empty after `timeout` s."""
-        return self._run_sync(self.read(timeout), timeout + self.connect_timeout)
 
     def write_sync(self, tag_or_mapping: str | Mapping[str, Any], value: Any = None, *,
                    timeout: float | None = None) -> dict[str, str]:
         """:meth:`write` from synchronous code (after :meth:`start_sync`)."""
         wait = self.write_timeout if timeout is None else check_timeout(timeout, "timeout")
-        return self._run_sync(self.write(tag_or_mapping, value, timeout=timeout),
+        return self._sync.run(self.write(tag_or_mapping, value, timeout=timeout),
                               wait + self.connect_timeout)
 
     def browse_sync(self) -> BrowseNode:
         """:meth:`browse` from synchronous code."""
         return topic_tree(dict(self._seen), self.url)
-
-    def stop_sync(self) -> None:
-        """:meth:`stop` from synchronous code, then end the private loop thread."""
-        if not self._sync.running:
-            return
-        try:
-            self._run_sync(self.stop(), 2 * self.connect_timeout + 1.0)
-        finally:
-            self._sync.close(self.connect_timeout)
 
 
 def topic_tree(counts: Mapping[str, int], root: str = "") -> BrowseNode:

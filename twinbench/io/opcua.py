@@ -63,7 +63,7 @@ import math
 import os
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ import numpy as np
 
 from twinbench.io._common import (
     LatestValues,
+    LiveSource,
     WriteRejected,
     check_timeout,
     credentials,
@@ -298,7 +299,7 @@ def _status_name(code: Any) -> str:
     return name if name != "Good" or code.value == 0 else f"0x{code.value:08X}"
 
 
-class OpcUaSource:
+class OpcUaSource(LiveSource):
     """A subscription to the nodes of a tag map, delivering :class:`~twinbench.io.batch.Batch`.
 
     Build one with :func:`opcua_source`. Async API: :meth:`start`, :meth:`stop`, :meth:`read`,
@@ -404,10 +405,6 @@ class OpcUaSource:
                 "disconnects": self._disconnects, "reconnects": self._reconnects,
                 "gaps": self._gaps, "writes": self._writes, "write_errors": self._write_errors,
                 "batches": self._batches, "decode": self.stats.as_dict()}
-
-    def read_latest(self) -> Batch:
-        """The newest consumed sample of every tag seen so far, as a batch (one sample per tag)."""
-        return self._latest.batch()
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -734,15 +731,6 @@ class OpcUaSource:
             return self._note(Batch.empty(self.tags.names))
         return self._note(batch)
 
-    async def batches(self) -> AsyncIterator[Batch]:
-        """Yield non-empty batches as samples arrive, until the source is stopped."""
-        while True:
-            batch = await self.read()
-            if batch is None:
-                return
-            if len(batch):
-                yield batch
-
     async def read_values(self, names: list[str] | None = None) -> Batch:
         """Read the current value of tags (all by default) directly, outside the subscription.
 
@@ -925,21 +913,6 @@ class OpcUaSource:
 
     # -- stopping ------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> OpcUaSource:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Delete the subscriptions and disconnect (bounded by ``connect_timeout``); idempotent.
-
-        Samples still buffered stay readable; :meth:`batches` ends once they are consumed.
-        """
-        if self._running or self._client is not None:
-            await self._shutdown()
-
     async def _shutdown(self) -> None:
         self._running = False
         client, self._client = self._client, None
@@ -956,14 +929,6 @@ class OpcUaSource:
 
     # -- sync facade ---------------------------------------------------------------------------
 
-    def start_sync(self) -> None:
-        """:meth:`start` from synchronous code (a notebook cell), on a private loop thread."""
-        self._sync.run(self.start(), 3 * self.connect_timeout + 1.0)
-
-    def read_sync(self, timeout: float = 1.0) -> Batch | None:
-        """:meth:`read` from synchronous code: the next batch, empty after `timeout` s."""
-        return self._sync.run(self.read(timeout), timeout + self.request_timeout)
-
     def read_values_sync(self, names: list[str] | None = None) -> Batch:
         """:meth:`read_values` from synchronous code."""
         return self._sync.run(self.read_values(names), 2 * self.request_timeout)
@@ -978,15 +943,6 @@ class OpcUaSource:
                     ) -> BrowseNode:
         """:meth:`browse` from synchronous code."""
         return self._sync.run(self.browse(root, depth, max_nodes), 60.0)
-
-    def stop_sync(self) -> None:
-        """:meth:`stop` from synchronous code, then end the private loop thread."""
-        if not self._sync.running:
-            return
-        try:
-            self._sync.run(self.stop(), self.connect_timeout + 1.0)
-        finally:
-            self._sync.close(self.connect_timeout)
 
 
 def _connect_error(url: str, username: str | None, exc: Exception) -> Exception:
