@@ -1,0 +1,249 @@
+"""The workbench components without a browser: built on a replayed fault day and on the plant."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import twinbench as tb
+from twinbench.demo import pump_fault_day
+from twinbench.kernel.detect import Cusum
+
+ui = pytest.importorskip("twinbench.ui")
+
+MEASURED = ["speed", "flow_rate", "motor_temperature", "vibration", "current", "power"]
+PUMP_TAGS = {name: f"ns=2;s=Pump1.{name}" for name in (*MEASURED, "speed_setpoint")}
+R_PLANT = {"speed": 4.0, "flow_rate": 1.0, "motor_temperature": 0.09, "vibration": 0.0025,
+           "current": 0.04, "power": 0.04}
+
+
+@pytest.fixture(scope="module")
+def recording():
+    _, meas = pump_fault_day(hours=3.0)
+    rec = meas[MEASURED].copy()
+    for name in MEASURED:
+        rec[f"{name}_quality"] = ("time", np.zeros(rec.sizes["time"], np.uint8))
+    R = {m: float(meas[m].attrs["noise_std"]) ** 2 for m in MEASURED}
+    return rec, R
+
+
+def replay_twin(recording, **options):
+    rec, R = recording
+    return tb.Twin(tb.models.pump(), tb.replay(rec, speed=None), R=R, max_step=0.5,
+                   detectors={"vibration": Cusum(k=0.5, h=5.0, warmup=20)}, **options)
+
+
+async def feed(twin, parts: int = 20, pause: float = 0.0):
+    """Play the recording through the twin in `parts` batches, yielding to the loop between."""
+    await twin.source.start()
+    batches = [b async for b in twin.source.batches()]
+    await twin.source.stop()
+    from twinbench.io.batch import concat
+
+    data = concat(batches)
+    for idx in np.array_split(np.arange(len(data)), parts):
+        twin.process(data.take(idx))
+        await asyncio.sleep(pause)
+
+
+def ui_tasks(name: str | None = None) -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if not t.done() and (
+        name is None or t.get_name() == name)]
+
+
+def test_import_twinbench_stays_light():
+    code = ("import sys, twinbench; heavy = [m for m in ('ipywidgets', 'bokeh', 'jupyter_bokeh', "
+            "'twinbench.ui') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_live_plot_streams_decimates_and_starts_once(recording):
+    twin = replay_twin(recording)
+    plot = ui.LivePlot(twin, [*MEASURED, "wear"], window=3 * 3600.0, rate_hz=50.0,
+                       max_points=40)
+    # variables sharing units share axes; separate units get separate figures
+    assert set(plot.figures) == {"rpm", "m3/h", "degC", "mm/s", "A", "kW", "1"}
+    assert plot.residual_figure is not None and plot.alarm_figure is not None
+    assert plot.point_count == 0
+
+    async def main():
+        plot.start()
+        plot.start()  # a re-run cell: still one task
+        assert len(ui_tasks("twinbench LivePlot")) == 1
+        counts = []
+        await twin.source.start()
+        batches = [b async for b in twin.source.batches()]
+        from twinbench.io.batch import concat
+
+        data = concat(batches)
+        for idx in np.array_split(np.arange(len(data)), 12):
+            twin.process(data.take(idx))
+            await asyncio.sleep(0.05)  # > 2 ticks at 50 Hz
+            counts.append(plot.point_count)
+        plot.stop()
+        await twin.stop()
+        await asyncio.sleep(0)
+        assert not plot.running
+        return counts, len(data) // len(MEASURED)
+
+    counts, rows = asyncio.run(main())
+    assert counts[0] > 0 and counts[-1] > counts[0], counts  # streaming adds points
+    assert max(counts) <= 40 < rows  # decimation and rollover cap what the browser holds
+    data = plot.source.data
+    assert np.all(np.diff(data["time"]) > 0)  # no row sent twice
+    # the ±2σ band surrounds the estimate
+    assert np.all(data["wear_lo"] <= data["wear"]) and np.all(data["wear"] <= data["wear_hi"])
+    # a view attaching late gets the whole current window
+    plot.source.data = {k: [] for k in plot.source.data}
+    plot.model._view_count = 1
+    assert 0 < plot.point_count <= 40
+    assert plot.source.data["time"][-1] == pytest.approx(
+        twin.state.time.values[-1].astype("datetime64[ns]").astype(np.int64) / 1e6)
+
+
+def test_scenario_panel_draws_a_fan_with_one_band_per_quantile_pair(recording):
+    twin = replay_twin(recording)
+    panel = ui.ScenarioPanel(twin, variable="vibration", horizon=600.0, dt=1.0, n=20,
+                             limits={"vibration": (None, 0.5)})
+    assert panel.band_count == 0
+
+    async def main():
+        await feed(twin, parts=4)
+        panel.use_current()
+        panel.inputs["speed_setpoint"].value = 2400.0
+        return await panel.run()
+
+    result = asyncio.run(main())
+    assert result is not None, panel.message.value
+    assert panel.band_count == 2  # 5 quantiles: 2 bands around the median
+    assert "speed_setpoint" in result.coords or "speed_setpoint" in result
+    assert panel.progress.value == panel.progress.max
+    assert "leaves" in panel.message.value  # 0.5 mm/s is below the pump's vibration
+    assert len(panel.chart.children) == 1
+
+
+def test_maintenance_panel_kpis_and_dashboard_starts_once(recording, tmp_path):
+    twin = replay_twin(recording)
+    kpis = {"output": "flow_rate", "ideal_rate": 110.0, "running": ("speed", 100.0)}
+    panel = ui.MaintenancePanel(twin, kpis=kpis)
+    dash = ui.Dashboard(twin, title="Pump 1", plot_variables=["speed", "vibration"], kpis=kpis,
+                        rate_hz=20.0)
+    assert type(dash.widget).__name__ == "AppLayout" and not dash.control.enabled
+
+    async def main():
+        await feed(twin, parts=4)
+        panel.update()
+        before = len(ui_tasks())
+        dash.start(twin=False)
+        started = len(ui_tasks())
+        dash.start(twin=False)  # a re-run cell starts nothing new
+        assert len(ui_tasks()) == started and started == before + 4
+        await asyncio.sleep(0.2)
+        assert dash.plot.point_count > 0
+        dash.stop()
+        await asyncio.sleep(0)
+        assert len(ui_tasks()) == before
+
+    asyncio.run(main())
+    assert "oee" in panel.kpi_html.value
+    assert "Pump 1" in dash.header_html.value and "alarm_vibration" in dash.header_html.value
+    assert "no work orders" in panel.orders_html.value
+
+
+def test_control_panel_confirms_refuses_and_audits(plant, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+
+    async def main():
+        src = tb.connect(plant.opcua_url, PUMP_TAGS, publishing_interval=100)
+        writer = tb.guarded_writer(src, {"speed_setpoint": tb.Limits(0, 3000)}, audit=audit)
+        twin = tb.Twin(tb.models.pump(), src, R=R_PLANT, writer=writer)
+        assert not ui.ControlPanel(twin).enabled  # read-only unless the author enables writes
+        with pytest.raises(ValueError, match="writable"):
+            ui.ControlPanel(twin, ["valve_opening"])
+        panel = ui.ControlPanel(twin, ["speed_setpoint"])
+        await src.start()
+        try:
+            before = float((await src.read_values(["speed_setpoint"])).value[0])
+            # out of limits: refused before any question, with the reason shown
+            refused = await panel.write("speed_setpoint", 5000.0)
+            assert refused.result == "refused" and "refused" in panel.result_html.value
+            assert not panel.asking
+            # Cancel: nothing written
+            task = asyncio.ensure_future(panel.write("speed_setpoint", 2000.0))
+            await wait_for(lambda: panel.asking)
+            assert "2000" in panel.dialog_text.value
+            panel.cancel()
+            cancelled = await task
+            assert cancelled.result == "not-confirmed"
+            # Confirm: written and read back from the plant
+            target = 2100.0 if abs(before - 2100.0) > 1 else 2200.0
+            task = asyncio.ensure_future(panel.write("speed_setpoint", target))
+            await wait_for(lambda: panel.asking)
+            panel.confirm()
+            written = await task
+            assert written.ok and written.read_back == pytest.approx(target)
+            assert float((await src.read_values(["speed_setpoint"])).value[0]) == \
+                pytest.approx(target)
+            assert "written" in panel.result_html.value
+        finally:
+            await src.write("speed_setpoint", before)  # the shared plant is left as found
+            await src.stop()
+        return panel
+
+    panel = asyncio.run(main())
+    results = [r["result"] for r in panel.audit()]
+    assert results == ["refused", "not-confirmed", "written"]
+    assert "refused" in panel.audit_html.value and "not-confirmed" in panel.audit_html.value
+
+
+async def wait_for(condition, timeout: float = 5.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def test_tag_browser_and_connection_panel_on_the_plant(plant, tmp_path):
+    async def main():
+        conn = ui.ConnectionPanel(tags={"speed": "ns=2;s=Pump1.speed"})
+        conn.url.value = plant.opcua_url
+        conn.password.value = "s3cret"
+        assert await conn.connect() is None  # a password without a user: refused, said why
+        assert conn.password.value == ""  # handed over, then cleared
+        assert "username" in conn.message.value and "s3cret" not in conn.message.value
+        src = await conn.connect()
+        try:
+            assert src.status["connected"], conn.message.value
+            conn.start()
+            conn.start()
+            assert "connected" in conn.status_html.value and "s3cret" not in \
+                conn.status_html.value
+            browser = ui.TagBrowser(src, variables=list(tb.models.pump().output_names))
+            tree = await browser.refresh()
+            shown = dict(browser.select.options)
+            labels = [label.strip("\u2003 ") for label in shown]
+            assert {"speed", "vibration", "power"} <= set(labels)
+            assert tree.find("Pump1") is not None
+            browser.pick(["ns=2;s=Pump1.speed", "ns=2;s=Pump1.vibration",
+                          "ns=2;s=Pump1.speed_setpoint"])
+            return browser, conn
+        finally:
+            conn.stop()
+            await conn.disconnect()
+
+    browser, _ = asyncio.run(main())
+    # speed_setpoint is an input, not offered among the outputs: skipped until chosen
+    assert browser.tag_map() == {"speed": "ns=2;s=Pump1.speed",
+                                 "vibration": "ns=2;s=Pump1.vibration"}
+    path = browser.save(tmp_path / "tags.yaml")
+    again = ui.TagBrowser(None, variables=["speed", "vibration"])
+    assert again.load(path) == browser.tag_map()
+    assert tb.connect(plant.opcua_url, str(path)).tags.names == ("speed", "vibration")

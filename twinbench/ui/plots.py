@@ -1,0 +1,452 @@
+"""Live Bokeh plots of a twin's state, streamed from the kernel's event loop.
+
+The figures are shown through :class:`jupyter_bokeh.BokehModel` (an ipywidget), the one path that
+streams live both in JupyterLab and in Voila; ``show(..., notebook_handle=True)`` with
+``push_notebook`` does not work in Voila. BokehJS must be loaded inline (no CDN): see
+:func:`load_bokeh`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+from bokeh.layouts import column
+from bokeh.models import ColumnDataSource, Span
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+from jupyter_bokeh import BokehModel
+
+__all__ = ["LivePlot", "fan_chart", "load_bokeh", "state_window", "variable_units"]
+
+_logger = logging.getLogger(__name__)
+_loaded = False
+
+
+def load_bokeh(force: bool = False) -> None:
+    """Load BokehJS into the notebook page from the installed package (inline, no CDN).
+
+    The components call this when they are displayed; call it yourself before displaying a
+    component's ``.widget`` directly. It does nothing outside IPython.
+
+    Examples
+    --------
+    >>> load_bokeh()  # outside a notebook: nothing to load into
+    """
+    global _loaded
+    if _loaded and not force:
+        return
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipywidgets
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    from bokeh.io import output_notebook
+    from bokeh.resources import INLINE
+
+    output_notebook(resources=INLINE, hide_banner=True)
+    _loaded = True
+
+
+def variable_units(twin: Any) -> dict[str, str]:
+    """Units of every column of a twin's state: model variables, their estimates, predictions,
+    residuals and standard deviations.
+
+    Examples
+    --------
+    >>> import twinbench as tb
+    >>> src = tb.connect("opc.tcp://127.0.0.1:4840/p", {"speed": "ns=2;s=Pump1.speed"})
+    >>> twin = tb.Twin(tb.models.pump(), src, R={"speed": 4.0})
+    >>> variable_units(twin)["speed_residual"], variable_units(twin)["wear_std"]
+    ('rpm', '1')
+    """
+    ring = getattr(twin, "_ring", None)
+    if ring is not None:
+        return dict(ring.units)
+    model = twin.model
+    units = {v.name: v.units for v in (*model.inputs, *model.outputs, *model.states)}
+    for name, unit in list(units.items()):
+        for suffix in ("_std", "_residual", "_predicted", "_measured"):
+            units[name + suffix] = unit
+    return units
+
+
+def state_window(twin: Any, start_ns: int | None = None) -> Any:
+    """The twin's state from `start_ns` (inclusive, ns since the epoch) on, as a Dataset.
+
+    Reads only the live window (the ring buffer), never the stored history, so a plot tick
+    costs the new rows, not the whole window.
+    """
+    ring = getattr(twin, "_ring", None)
+    start = None if start_ns is None else np.datetime64(int(start_ns), "ns")
+    if ring is not None:
+        return ring.to_dataset(start, None)
+    state = twin.state
+    return state if start is None else state.sel(time=slice(start, None))
+
+
+def _series(twin: Any, variable: str) -> dict[str, str | None]:
+    """Which state columns show `variable`: measured values, the estimate and its std."""
+    model = twin.model
+    col = getattr(twin, "_col", {})
+    measured = col.get(variable) if variable in getattr(twin, "tags", {}) else None
+    if variable in model.state_names:
+        return {"measured": measured, "estimate": variable, "std": f"{variable}_std"}
+    if variable in model.output_names:
+        return {"measured": measured, "estimate": f"{variable}_predicted", "std": None}
+    if variable in model.input_names:
+        return {"measured": measured, "estimate": None, "std": None}
+    raise ValueError(f"variables: {variable!r} is not a variable of the model (inputs "
+                     f"{list(model.input_names)}, outputs {list(model.output_names)}, states "
+                     f"{list(model.state_names)})")
+
+
+def _decimate(t_ns: np.ndarray, bin_ns: int, after_bin: int | None) -> tuple[np.ndarray, int | None]:
+    """Row indices keeping the first row of every time bin later than `after_bin`.
+
+    Time-bin striding keeps the plotted rate bounded whatever the data rate, so `max_points`
+    always spans the whole window; alarms are kept by taking their maximum over the bin.
+    """
+    if len(t_ns) == 0:
+        return np.empty(0, np.intp), after_bin
+    bins = t_ns // bin_ns
+    first = np.ones(len(bins), bool)
+    first[1:] = bins[1:] != bins[:-1]
+    if after_bin is not None:
+        first &= bins > after_bin
+    keep = np.flatnonzero(first)
+    return keep, (int(bins[-1]) if after_bin is None else max(after_bin, int(bins[-1])))
+
+
+class LivePlot:
+    """Measured values against the twin's estimate (±2σ), residuals and alarms, streamed live.
+
+    One figure per unit (variables sharing units share axes), a residuals figure and, when the
+    twin has detectors, an alarms figure. ``start()`` runs one asyncio task on the running loop
+    that streams the twin's new rows every ``1 / rate_hz`` seconds; rows are decimated by time
+    bins of ``window / max_points`` seconds and the sources roll over at `max_points`, so a long
+    window stays light in the browser.
+
+    Parameters
+    ----------
+    twin : Twin
+    variables : sequence of str, optional
+        Model variables to plot (default: the twin's measured variables).
+    window : float, default 600
+        Seconds shown.
+    rate_hz : float, default 10
+        Refresh rate.
+    max_points : int, default 2000
+        Most rows kept per source.
+
+    Notes
+    -----
+    Stream events sent before a browser view exists are lost, so the plot resends its whole
+    window when a view attaches (it watches the widgets' view count) and when it is displayed
+    with ``display(plot)``; call :meth:`refresh` after displaying ``plot.widget`` elsewhere.
+
+    Examples
+    --------
+    >>> import twinbench as tb
+    >>> src = tb.connect("opc.tcp://127.0.0.1:4840/p", {"speed": "ns=2;s=Pump1.speed",
+    ...                  "power": "ns=2;s=Pump1.power"})
+    >>> twin = tb.Twin(tb.models.pump(), src, R={"speed": 4.0, "power": 0.04})
+    >>> plot = LivePlot(twin)
+    >>> sorted(plot.figures), plot.point_count
+    (['kW', 'rpm'], 0)
+    """
+
+    def __init__(self, twin: Any, variables: Sequence[str] | None = None, *,
+                 window: float = 600.0, rate_hz: float = 10.0, max_points: int = 2000) -> None:
+        if not hasattr(twin, "model") or not hasattr(twin, "state"):
+            raise TypeError(f"twin: expected a twinbench Twin, got {type(twin).__name__}")
+        if not (isinstance(window, (int, float)) and window > 0):
+            raise ValueError(f"window: expected seconds > 0, got {window!r}")
+        if not (isinstance(rate_hz, (int, float)) and 0 < rate_hz <= 60):
+            raise ValueError(f"rate_hz: expected a rate in (0, 60], got {rate_hz!r}")
+        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 10:
+            raise ValueError(f"max_points: expected an int >= 10, got {max_points!r}")
+        self.twin = twin
+        variables = list(getattr(twin, "measured", []) if variables is None else variables)
+        if isinstance(variables, str) or not variables:
+            raise ValueError("variables: expected a non-empty sequence of model variable names")
+        self.variables = variables
+        self.window = float(window)
+        self.rate_hz = float(rate_hz)
+        self.max_points = max_points
+        self._bin_ns = max(1, int(self.window * 1e9 / max_points))
+        self._series = {v: _series(twin, v) for v in variables}
+        units = variable_units(twin)
+        model = twin.model
+        known = {v.name: v.units for v in (*model.inputs, *model.outputs, *model.states)}
+        self._residuals = [v for v in variables if v in getattr(twin, "measured", [])]
+        self._alarms = [a for _, a, _ in getattr(twin, "_detectors", [])]
+        # One source for every figure: shared x range, one stream call per tick.
+        data: dict[str, list[float]] = {"time": []}
+        for spec in self._series.values():
+            for kind in ("measured", "estimate"):
+                if spec[kind]:
+                    data[spec[kind]] = []
+            if spec["std"]:
+                data[f"{spec['estimate']}_lo"] = []
+                data[f"{spec['estimate']}_hi"] = []
+        for v in self._residuals:
+            data[f"{v}_residual"] = []
+        for k, alarm in enumerate(self._alarms):
+            data[alarm] = []
+            data[f"{alarm}_y"] = []  # the alarm's row in the alarms figure; NaN when clear
+            del k
+        self.source = ColumnDataSource(data=data)
+        self.figures: dict[str, Any] = {}
+        first = None
+        for i, (var, spec) in enumerate(self._series.items()):
+            unit = known.get(var) or units.get(spec["estimate"] or "", "")
+            fig = self.figures.get(unit)
+            if fig is None:
+                fig = self.figures[unit] = self._figure(unit or "value", first)
+                first = first or fig
+            color = Category10_10[i % 10]
+            if spec["std"]:
+                fig.varea(x="time", y1=f"{spec['estimate']}_lo", y2=f"{spec['estimate']}_hi",
+                          source=self.source, fill_color=color, fill_alpha=0.15,
+                          legend_label=f"{var} ±2σ")
+            if spec["estimate"]:
+                fig.line(x="time", y=spec["estimate"], source=self.source, color=color,
+                         line_width=2, legend_label=f"{var} estimate")
+            if spec["measured"]:
+                fig.scatter(x="time", y=spec["measured"], source=self.source, color=color,
+                            size=3, alpha=0.6, legend_label=f"{var} measured")
+        self.residual_figure = None
+        if self._residuals:
+            fig = self.residual_figure = self._figure("residual (measured − predicted)", first)
+            for i, v in enumerate(self._residuals):
+                fig.line(x="time", y=f"{v}_residual", source=self.source,
+                         color=Category10_10[i % 10], legend_label=v)
+            fig.add_layout(Span(location=0, dimension="width", line_color="gray",
+                                line_dash="dashed"))
+        self.alarm_figure = None
+        if self._alarms:
+            fig = self.alarm_figure = self._figure("alarms", first, height=60 + 25 * len(
+                self._alarms))
+            for i, alarm in enumerate(self._alarms):
+                fig.scatter(x="time", y=f"{alarm}_y", source=self.source, marker="triangle",
+                            color="red", size=8, legend_label=alarm)
+            fig.yaxis.visible = False
+        for fig in self._all_figures():
+            fig.legend.location = "top_left"
+            fig.legend.click_policy = "hide"
+            fig.legend.label_text_font_size = "8pt"
+        # One Bokeh document for all figures: they share the source and the x range, and a
+        # Bokeh model can belong to one document only.
+        self.layout = column(self._all_figures(), sizing_mode="stretch_width")
+        self.model = BokehModel(self.layout)
+        # ipywidgets counts views only when asked to (None: not tracked).
+        with contextlib.suppress(Exception):
+            self.model._view_count = 0
+            self.model.observe(self._on_views, "_view_count")
+        self._widget = widgets.VBox([self.model], layout=widgets.Layout(width="100%"))
+        self._task: asyncio.Task[None] | None = None
+        self._last_ns: int | None = None
+        self._last_bin: int | None = None
+
+    def _figure(self, y_label: str, shared: Any, height: int = 220) -> Any:
+        shared_range = {} if shared is None else {"x_range": shared.x_range}
+        return figure(height=height, sizing_mode="stretch_width", x_axis_type="datetime",
+                      y_axis_label=y_label, tools="pan,wheel_zoom,box_zoom,reset,save",
+                      output_backend="webgl", **shared_range)
+
+    def _all_figures(self) -> list[Any]:
+        return [*self.figures.values(),
+                *(f for f in (self.residual_figure, self.alarm_figure) if f is not None)]
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _rows(self, ds: Any, after_bin: int | None) -> tuple[dict[str, np.ndarray], int | None]:
+        t_ns = ds.time.values.astype("datetime64[ns]").astype(np.int64)
+        keep, last_bin = _decimate(t_ns, self._bin_ns, after_bin)
+        out: dict[str, np.ndarray] = {"time": t_ns[keep] / 1e6}  # Bokeh datetimes: ms
+        for spec in self._series.values():
+            for kind in ("measured", "estimate"):
+                name = spec[kind]
+                if name:
+                    out[name] = _column(ds, name, keep)
+            if spec["std"]:
+                est, sd = _column(ds, spec["estimate"], keep), _column(ds, spec["std"], keep)
+                out[f"{spec['estimate']}_lo"] = est - 2 * sd
+                out[f"{spec['estimate']}_hi"] = est + 2 * sd
+        for v in self._residuals:
+            out[f"{v}_residual"] = _column(ds, f"{v}_residual", keep)
+        if self._alarms and len(keep):
+            bins = t_ns // self._bin_ns
+            starts = keep
+            for i, alarm in enumerate(self._alarms):
+                values = np.nan_to_num(_column(ds, alarm, None), nan=0.0)
+                raised = np.maximum.reduceat(values, starts) if len(values) else values
+                out[alarm] = raised
+                out[f"{alarm}_y"] = np.where(raised > 0, float(i), np.nan)
+            del bins
+        elif self._alarms:
+            for alarm in self._alarms:
+                out[alarm] = out[f"{alarm}_y"] = np.empty(0)
+        return out, last_bin
+
+    def refresh(self) -> None:
+        """Resend the whole window (decimated): for a view that attached after the stream began."""
+        ds = state_window(self.twin)
+        if ds.sizes.get("time", 0):
+            t_end = int(ds.time.values[-1].astype("datetime64[ns]").astype(np.int64))
+            ds = state_window(self.twin, t_end - int(self.window * 1e9))
+            rows, self._last_bin = self._rows(ds, None)
+            self._last_ns = t_end
+        else:
+            rows = {k: np.empty(0) for k in self.source.data}
+        self.source.data = {k: rows[k][-self.max_points:] for k in self.source.data}
+
+    def update(self) -> int:
+        """Stream the rows the twin added since the last update; returns the rows sent."""
+        if self._last_ns is None:
+            self.refresh()
+            return self.point_count
+        ds = state_window(self.twin, self._last_ns + 1)
+        n = ds.sizes.get("time", 0)
+        if not n:
+            return 0
+        self._last_ns = int(ds.time.values[-1].astype("datetime64[ns]").astype(np.int64))
+        rows, self._last_bin = self._rows(ds, self._last_bin)
+        sent = len(rows["time"])
+        if sent:
+            self.source.stream(rows, rollover=self.max_points)
+        return sent
+
+    @property
+    def point_count(self) -> int:
+        """Rows currently in the plot's source."""
+        return len(self.source.data["time"])
+
+    # -- live ----------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        period = 1.0 / self.rate_hz
+        while True:
+            try:
+                self.update()
+            except Exception:  # a bad tick is logged; the plot keeps going
+                _logger.exception("LivePlot: update failed")
+            await asyncio.sleep(period)
+
+    def start(self) -> LivePlot:
+        """Stream on the running event loop; starting a running plot does nothing."""
+        if self.running:
+            return self
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="twinbench LivePlot")
+        return self
+
+    def stop(self) -> None:
+        """Stop streaming (the figures keep what they show)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _on_views(self, change: Any) -> None:
+        if (change.get("new") or 0) > (change.get("old") or 0):
+            self.refresh()
+
+    @property
+    def widget(self) -> Any:
+        """The ipywidget to display."""
+        return self._widget
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        load_bokeh()
+        self.refresh()
+        display(self._widget)
+
+
+def _column(ds: Any, name: str, keep: np.ndarray | None) -> np.ndarray:
+    if name not in ds:
+        n = ds.sizes.get("time", 0) if keep is None else len(keep)
+        return np.full(n, np.nan)
+    values = ds[name].values.astype(float)
+    return values if keep is None else values[keep]
+
+
+def fan_chart(result: Any, variable: str, *, title: str | None = None,
+              limits: tuple[float | None, float | None] | None = None) -> Any:
+    """A fan chart of a what-if result: quantile bands of the projections around the median,
+    the mirror (scenario 0) as a line, limits and first violations marked.
+
+    Parameters
+    ----------
+    result : xarray.Dataset
+        What :func:`twinbench.scenario.whatif` (or ``twin.whatif``) returns.
+    variable : str
+        A state or output of the result (it needs ``<variable>_quantiles``).
+    title : str, optional
+    limits : (low, high), optional
+        Drawn as dashed lines.
+
+    Returns
+    -------
+    bokeh.plotting.figure
+        With attribute-like tags: ``fig.tags`` holds ``{"bands": n}``.
+
+    Examples
+    --------
+    >>> import twinbench as tb
+    >>> res = tb.whatif(tb.models.pump(), None, horizon=60, dt=1.0, n=20, uncertainty=True,
+    ...                 covariance=[1.0, 1e-8, 1.0, 1e-4], seed=1)
+    >>> fan_chart(res, "speed").tags[0]["bands"]
+    1
+    """
+    q_name = f"{variable}_quantiles"
+    if variable not in result or q_name not in result:
+        raise ValueError(f"variable: {variable!r} has no quantiles in the result; expected one "
+                         f"of {sorted(k[:-10] for k in result.data_vars if k.endswith('_quantiles'))}")
+    t = result.time.values.astype("datetime64[ns]").astype(np.int64) / 1e6
+    levels = [float(q) for q in result["quantile"].values]
+    qv = result[q_name].transpose("quantile", "time").values
+    unit = result[variable].attrs.get("units", "")
+    fig = figure(height=260, sizing_mode="stretch_width", x_axis_type="datetime",
+                 title=title or f"what-if: {variable}", y_axis_label=f"{variable} [{unit}]",
+                 tools="pan,wheel_zoom,box_zoom,reset,save")
+    n_pairs = len(levels) // 2
+    for i in range(n_pairs):
+        lo, hi = qv[i], qv[len(levels) - 1 - i]
+        alpha = 0.15 + 0.25 * i / max(1, n_pairs)
+        fig.varea(x=t, y1=lo, y2=hi, fill_color="steelblue", fill_alpha=alpha,
+                  legend_label=f"{levels[i]:g}–{levels[len(levels) - 1 - i]:g}")
+    if len(levels) % 2:
+        fig.line(t, qv[len(levels) // 2], color="steelblue", line_width=2,
+                 legend_label=f"median ({levels[len(levels) // 2]:g})")
+    mirror = int(result.attrs.get("mirror_scenario", 0))
+    fig.line(t, result[variable].sel(scenario=mirror).values, color="black", line_dash="dashed",
+             line_width=2, legend_label="mirror")
+    for bound in (limits or ()):
+        if bound is not None:
+            fig.add_layout(Span(location=float(bound), dimension="width", line_color="red",
+                                line_dash="dotted", line_width=2))
+    first = f"{variable}_first_violation"
+    if first in result:
+        times = result[first].values
+        times = times[~np.isnat(times)]
+        if len(times):
+            fig.add_layout(Span(location=float(times.min().astype("datetime64[ns]").astype(
+                np.int64) / 1e6), dimension="height", line_color="red", line_width=2))
+    fig.legend.location = "top_left"
+    fig.legend.label_text_font_size = "8pt"
+    fig.tags = [{"bands": n_pairs, "variable": variable}]
+    return fig
