@@ -129,7 +129,14 @@ def test_scenario_panel_draws_a_fan_with_one_band_per_quantile_pair(recording):
 
 
 def test_maintenance_panel_kpis_and_dashboard_starts_once(recording, tmp_path):
-    twin = replay_twin(recording)
+    from twinbench.kernel.rul import ParticleFilterRUL
+    from twinbench.maintenance import MaintenancePolicy
+
+    pf = ParticleFilterRUL(threshold=4.5, measurement_std=0.05, prior={"b": (0.0, 2e-5)},
+                           offset=1.0, horizon=30 * 24 * 3600.0, quantiles=(0.1, 0.5, 0.9),
+                           seed=1)
+    policy = MaintenancePolicy("vibration", pf, below=48 * 3600.0, quantile=0.1)
+    twin = replay_twin(recording, maintenance=[policy])
     kpis = {"output": "flow_rate", "ideal_rate": 110.0, "running": ("speed", 100.0)}
     panel = ui.MaintenancePanel(twin, kpis=kpis)
     dash = ui.Dashboard(twin, title="Pump 1", plot_variables=["speed", "vibration"], kpis=kpis,
@@ -152,8 +159,10 @@ def test_maintenance_panel_kpis_and_dashboard_starts_once(recording, tmp_path):
 
     asyncio.run(main())
     assert "oee" in panel.kpi_html.value
+    assert "q0.1 [h]" in panel.rul_html.value and "P(failure)" in panel.rul_html.value
+    assert panel.figure is not None and len(panel.source.data["vibration"]) > 0
     assert "Pump 1" in dash.header_html.value and "alarm_vibration" in dash.header_html.value
-    assert "no work orders" in panel.orders_html.value
+    assert twin.work_orders and "vibration will reach 4.5" in panel.orders_html.value
 
 
 def test_control_panel_confirms_refuses_and_audits(plant, tmp_path):

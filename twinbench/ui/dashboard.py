@@ -87,8 +87,9 @@ class Dashboard:
                 f"{stats.get('samples', 0)} samples</span>{alarm_text}</div>")
 
     def update(self) -> None:
-        """Refresh the header now."""
+        """Refresh the header and the control panel's current values now."""
         self.header_html.value = self._header()
+        self.control.update()
 
     async def _run(self) -> None:
         while True:

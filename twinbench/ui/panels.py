@@ -468,7 +468,7 @@ class ScenarioPanel(_Component):
         self.current_button.on_click(lambda _: self.use_current())
         self.progress = widgets.IntProgress(value=0, min=0, max=2, description="")
         self.message = widgets.HTML("")
-        self.chart = widgets.Box([])
+        self.chart = widgets.VBox([], layout=widgets.Layout(width="100%"))
         self.result: Any = None
         self.figure: Any = None
         self._widget = widgets.VBox([
@@ -476,7 +476,7 @@ class ScenarioPanel(_Component):
             widgets.HBox([widgets.VBox([*self.inputs.values(), *self.parameters.values()]),
                           widgets.VBox([self.horizon, self.dt, self.n, self.variable])]),
             widgets.HBox([self.run_button, self.current_button, self.progress]), self.message,
-            self.chart])
+            self.chart], layout=widgets.Layout(width="100%"))
 
     def use_current(self) -> None:
         """Fill the input boxes with the twin's latest inputs."""
@@ -518,8 +518,8 @@ class ScenarioPanel(_Component):
         self.run_button.disabled = True
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(
-                None, lambda: self.twin.whatif(steps * dt, **call))
+            project = self._snapshot(steps * dt, call)
+            result = await loop.run_in_executor(None, project)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self.progress.value, self.progress.bar_style = 0, "danger"
             self.message.value = f"<span style='color:red'>{html.escape(str(exc))}</span>"
@@ -529,6 +529,25 @@ class ScenarioPanel(_Component):
         self.progress.value, self.progress.bar_style = 2, "success"
         self.show(result)
         return result
+
+    def _snapshot(self, horizon: float, call: dict[str, Any]) -> Any:
+        """The projection as a callable for a worker thread, with the twin's estimate copied
+        now, on the loop: the twin keeps filtering while the ensemble runs."""
+        twin = self.twin
+        ekf, last_ns = getattr(twin, "ekf", None), getattr(twin, "_last_ns", None)
+        if ekf is None or last_ns is None:  # not a Twin as we know it: its own whatif
+            return lambda: twin.whatif(horizon, **call)
+        from twinbench.scenario import whatif
+
+        model = twin.model
+        state = dict(zip(model.state_names, np.array(ekf.x, dtype=float).tolist(), strict=True))
+        covariance = np.array(ekf.P, dtype=float)
+        inputs = {name: float(v) for name, v in zip(model.input_names, twin._u_last, strict=True)
+                  if np.isfinite(v)}
+        params = dict(getattr(twin, "_params", {}))
+        start = np.datetime64(int(last_ns), "ns")
+        return lambda: whatif(model, state, horizon=horizon, covariance=covariance,
+                              inputs=inputs, params=params, start=start, **call)
 
     def show(self, result: Any) -> None:
         """Draw a what-if result."""
@@ -617,17 +636,29 @@ class ControlPanel(_Component):
         self._pending: asyncio.Future[bool] | None = None
         self.values: dict[str, widgets.FloatText] = {}
         self.buttons: dict[str, widgets.Button] = {}
+        self.now_html: dict[str, widgets.HTML] = {}
+        self._edited: set[str] = set()
+        self._filling = False
         rows = []
         for tag in self.writable:
             lim = writer.allow[tag]
-            rate = "" if lim.max_rate is None else f", ≤ {lim.max_rate:g}/s"
+            rate = "" if lim.max_rate is None else f", at most {lim.max_rate:g}/s"
             box = self.values[tag] = widgets.FloatText(value=float(lim.low), description=tag,
-                                                       style={"description_width": "9em"})
-            button = self.buttons[tag] = widgets.Button(description="Write", icon="pencil")
+                                                       style={"description_width": "9em"},
+                                                       layout=widgets.Layout(width="16em"))
+            # Until the operator types a value the box follows the equipment, so a careless
+            # click never proposes the low limit.
+            box.observe(lambda _, t=tag: self._edited.add(t) if not self._filling else None,
+                        "value")
+            button = self.buttons[tag] = widgets.Button(description="Write…", icon="pencil",
+                                                        layout=widgets.Layout(width="7em"))
             button.on_click(lambda _, t=tag: _spawn(self.write(t, self.values[t].value), self,
                                                    f"write {t}"))
-            rows.append(widgets.HBox([box, button, widgets.HTML(
-                f"allowed {lim.low:g} … {lim.high:g}{rate}")]))
+            self.now_html[tag] = widgets.HTML("")
+            rows.append(widgets.VBox([widgets.HBox([box, button]), widgets.HTML(
+                f"<small>allowed {lim.low:g} … {lim.high:g}{rate}</small>"),
+                self.now_html[tag]]))
+        self.update()
         if self.enabled:
             self.update_audit()
             body = [*rows, self.dialog, self.result_html, widgets.HTML("<i>audit trail</i>"),
@@ -635,6 +666,31 @@ class ControlPanel(_Component):
         else:
             body = [widgets.HTML("<i>read-only: writes are not enabled for this app</i>")]
         self._widget = widgets.VBox([widgets.HTML("<b>Control</b>"), *body])
+
+    def _current(self, tag: str) -> float | None:
+        """The tag's latest value in the twin's state (None when unknown)."""
+        variable = next((v for v, t in getattr(self.twin, "tags", {}).items() if t == tag), tag)
+        ring = getattr(self.twin, "_ring", None)
+        try:
+            # a setpoint arrives only when it changes: its last known value, not the last row's
+            latest = ring.latest(skipna=True) if ring is not None else self.twin.latest()
+        except Exception:  # noqa: BLE001 - an empty window has no latest row
+            return None
+        value = latest.get(getattr(self.twin, "_col", {}).get(variable, variable))
+        return float(value) if value is not None and np.isfinite(value) else None
+
+    def update(self) -> None:
+        """Show each writable tag's current value (and put it in boxes not edited yet)."""
+        for tag in self.writable:
+            now = self._current(tag)
+            self.now_html[tag].value = ("<small>now: unknown</small>" if now is None
+                                        else f"<small>now: {now:g}</small>")
+            if now is not None and tag not in self._edited:
+                self._filling = True
+                try:
+                    self.values[tag].value = now
+                finally:
+                    self._filling = False
 
     @property
     def enabled(self) -> bool:

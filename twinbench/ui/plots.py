@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -223,14 +224,18 @@ class LivePlot:
             if spec["measured"]:
                 fig.scatter(x="time", y=spec["measured"], source=self.source, color=color,
                             size=3, alpha=0.6, legend_label=f"{var} measured")
+        # Residuals in units of their measurement noise σ (sqrt of R): one axis for all of them
+        # without mixing units, and ±3 reads the same for every tag.
+        self._noise = _noise_std(twin, self._residuals)
         self.residual_figure = None
         if self._residuals:
-            fig = self.residual_figure = self._figure("residual (measured − predicted)", first)
+            fig = self.residual_figure = self._figure("residual / σ", first)
             for i, v in enumerate(self._residuals):
                 fig.line(x="time", y=f"{v}_residual", source=self.source,
                          color=Category10_10[i % 10], legend_label=v)
-            fig.add_layout(Span(location=0, dimension="width", line_color="gray",
-                                line_dash="dashed"))
+            for level in (-3, 0, 3):
+                fig.add_layout(Span(location=level, dimension="width", line_color="gray",
+                                    line_dash="dashed"))
         self.alarm_figure = None
         if self._alarms:
             fig = self.alarm_figure = self._figure("alarms", first, height=60 + 25 * len(
@@ -260,7 +265,7 @@ class LivePlot:
         shared_range = {} if shared is None else {"x_range": shared.x_range}
         return figure(height=height, sizing_mode="stretch_width", x_axis_type="datetime",
                       y_axis_label=y_label, tools="pan,wheel_zoom,box_zoom,reset,save",
-                      output_backend="webgl", **shared_range)
+                      **shared_range)
 
     def _all_figures(self) -> list[Any]:
         return [*self.figures.values(),
@@ -282,7 +287,7 @@ class LivePlot:
                 out[f"{spec['estimate']}_lo"] = est - 2 * sd
                 out[f"{spec['estimate']}_hi"] = est + 2 * sd
         for v in self._residuals:
-            out[f"{v}_residual"] = _column(ds, f"{v}_residual", keep)
+            out[f"{v}_residual"] = _column(ds, f"{v}_residual", keep) / self._noise[v]
         if self._alarms and len(keep):
             bins = t_ns // self._bin_ns
             starts = keep
@@ -374,6 +379,20 @@ class LivePlot:
         load_bokeh()
         self.refresh()
         display(self._widget)
+
+
+def _noise_std(twin: Any, measured: Sequence[str]) -> dict[str, float]:
+    """Measurement noise standard deviation per measured variable (1 where unknown)."""
+    R = getattr(getattr(twin, "ekf", None), "_R", None)
+    order = list(getattr(twin, "measured", []))
+    out = {}
+    for v in measured:
+        sd = 1.0
+        if R is not None and v in order:
+            var = float(np.asarray(R)[order.index(v), order.index(v)])
+            sd = math.sqrt(var) if var > 0 else 1.0
+        out[v] = sd
+    return out
 
 
 def _column(ds: Any, name: str, keep: np.ndarray | None) -> np.ndarray:
