@@ -200,10 +200,9 @@ class LivePlot:
                 data[f"{spec['estimate']}_hi"] = []
         for v in self._residuals:
             data[f"{v}_residual"] = []
-        for k, alarm in enumerate(self._alarms):
+        for alarm in self._alarms:
             data[alarm] = []
             data[f"{alarm}_y"] = []  # the alarm's row in the alarms figure; NaN when clear
-            del k
         self.source = ColumnDataSource(data=data)
         self.figures: dict[str, Any] = {}
         first = None
@@ -289,14 +288,11 @@ class LivePlot:
         for v in self._residuals:
             out[f"{v}_residual"] = _column(ds, f"{v}_residual", keep) / self._noise[v]
         if self._alarms and len(keep):
-            bins = t_ns // self._bin_ns
-            starts = keep
             for i, alarm in enumerate(self._alarms):
                 values = np.nan_to_num(_column(ds, alarm, None), nan=0.0)
-                raised = np.maximum.reduceat(values, starts) if len(values) else values
+                raised = np.maximum.reduceat(values, keep) if len(values) else values
                 out[alarm] = raised
                 out[f"{alarm}_y"] = np.where(raised > 0, float(i), np.nan)
-            del bins
         elif self._alarms:
             for alarm in self._alarms:
                 out[alarm] = out[f"{alarm}_y"] = np.empty(0)
@@ -421,7 +417,7 @@ def fan_chart(result: Any, variable: str, *, title: str | None = None,
     Returns
     -------
     bokeh.plotting.figure
-        With attribute-like tags: ``fig.tags`` holds ``{"bands": n}``.
+        ``fig.tags[0]`` is ``{"bands": <quantile bands drawn>, "variable": variable}``.
 
     Examples
     --------
