@@ -1,4 +1,4 @@
-"""`twinbench demo` runs the twin loop end to end and finds the bearing fault."""
+"""`twinbench demo --kernel` runs the twin loop end to end and finds the bearing fault."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def test_demo_quick_finds_the_fault():
-    proc = subprocess.run([sys.executable, "-m", "twinbench", "demo", "--quick"],
+    proc = subprocess.run([sys.executable, "-m", "twinbench", "demo", "--kernel", "--quick"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -82,9 +82,17 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from twinbench.demo import kernel_demo
+    from twinbench.demo import kernel_demo, serve_demo
 
-    return kernel_demo(quick=args.quick)
+    if args.kernel:
+        return kernel_demo(quick=args.quick)
+    try:
+        return serve_demo(port=args.port, opcua_port=args.opcua_port, writable=args.writable,
+                          audit=args.audit, mqtt=args.mqtt, speedup=args.speedup,
+                          faults=args.fault or (), verbose=args.verbose)
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        print(f"twinbench demo: {exc}", file=sys.stderr)
+        return 2
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -182,8 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true", help="exit 1 if a figure misses its target")
     b.set_defaults(func=_bench)
 
-    d = sub.add_parser("demo", help="run the main demonstration")
-    d.add_argument("--quick", action="store_true", help="a shorter run")
+    d = sub.add_parser("demo", help="run the plant and the dashboard app (Voila)",
+                       description="Start the simulated plant and serve the dashboard with Voila "
+                                   "on 127.0.0.1; prints the URL, then 'twinbench demo ready'; "
+                                   "Ctrl-C or SIGTERM stops both. --kernel runs the kernel "
+                                   "demonstration instead.")
+    d.add_argument("--kernel", action="store_true",
+                   help="the kernel demonstration (a simulated fault day, no servers)")
+    d.add_argument("--quick", action="store_true", help="with --kernel: a shorter run")
+    d.add_argument("--port", type=int, default=None,
+                   help="Voila's port (default 8866 if free; 0 picks a free one)")
+    d.add_argument("--opcua-port", type=int, default=None,
+                   help="the plant's OPC-UA port (default 4840 if free; 0 picks a free one)")
+    d.add_argument("--writable", default="speed_setpoint", metavar="TAGS",
+                   help="comma-separated tags the dashboard may write, '' for read-only "
+                        "(default speed_setpoint)")
+    d.add_argument("--audit", default=None, metavar="FILE",
+                   help="audit log of writes (default ~/.local/share/twinbench/demo/audit.jsonl)")
+    d.add_argument("--mqtt", default="auto", metavar="URL|auto|none",
+                   help="the plant's MQTT: 'auto' starts mosquitto if installed (default)")
+    d.add_argument("--speedup", type=float, default=1.0, help="simulated s per wall s")
+    d.add_argument("--fault", action="append", metavar="SPEC", help="a plant fault (repeatable)")
+    d.add_argument("--verbose", action="store_true", help="show Voila's log")
     d.set_defaults(func=_demo)
 
     r = sub.add_parser("record", help="record live tags into a .nc or .zarr dataset",

@@ -1,6 +1,10 @@
-"""``twinbench demo``: the twin loop on a pump with a developing bearing fault.
+"""``twinbench demo``: the simulated plant and the dashboard app, or the kernel on its own.
 
-Until the live twin and the dashboard exist, the demo runs the kernel end to end on recorded-like
+:func:`serve_demo` (``twinbench demo``) starts the simulated plant (OPC-UA, and MQTT through
+mosquitto when installed) and serves ``notebooks/dashboard.ipynb`` with Voila on loopback, prints
+the URL and runs until Ctrl-C or SIGTERM. Nothing on the page comes from the internet.
+
+:func:`kernel_demo` (``twinbench demo --kernel``) runs the kernel end to end on recorded-like
 data: a simulated day of a pump whose bearing wears out, noisy "sensor" readings, the extended
 Kalman filter estimating the unmeasured wear, detectors raising alarms, a particle filter
 projecting the remaining useful life, and a what-if ensemble choosing a speed setpoint.
@@ -8,11 +12,18 @@ projecting the remaining useful life, and a what-if ensemble choosing a speed se
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
+import sys
 import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["kernel_demo", "pump_fault_day"]
+__all__ = ["kernel_demo", "pump_fault_day", "serve_demo"]
 
 #: ISO 10816-3, group 2 machines on rigid foundations: zone C/D boundary (mm/s RMS).
 VIBRATION_LIMIT = 4.5
@@ -133,3 +144,93 @@ def kernel_demo(quick: bool = False) -> int:
     _say(f"\ndone in {time.perf_counter() - t_start:.1f} s. Next: `twinbench bench kernel` for the "
          "kernel's speed figures.")
     return 0
+
+
+def _port_or_free(port: int | None, default: int) -> int:
+    """`port` if given (0: any free one); else `default` when it is free, else any free one."""
+    from twinbench.app import free_port
+
+    if port is not None:
+        return free_port() if port == 0 else port
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", default))
+            return default
+        except OSError:
+            return free_port()
+
+
+def serve_demo(*, port: int | None = None, opcua_port: int | None = None,
+               writable: Sequence[str] | str = ("speed_setpoint",),
+               audit: str | os.PathLike[str] | None = None, mqtt: str = "auto",
+               speedup: float = 1.0, faults: str | Iterable[str] = (),
+               verbose: bool = False) -> int:
+    """Run the plant and the dashboard app until Ctrl-C or SIGTERM; the exit code.
+
+    Parameters
+    ----------
+    port : int, optional
+        Voila's port (default 8866 if free, else a free one; 0: a free one).
+    opcua_port : int, optional
+        The plant's OPC-UA port (default 4840 if free, else a free one; 0: a free one).
+    writable : sequence of str or comma-separated str
+        Tags the dashboard may write (guarded, audited); empty for a read-only app.
+    audit : path, optional
+        The audit log (default ``~/.local/share/twinbench/demo/audit.jsonl``).
+    mqtt : str
+        The plant's MQTT option: ``"auto"`` (mosquitto if installed), ``"none"`` or a broker URL.
+    speedup, faults
+        Passed to :class:`twinbench.plant.Plant`.
+    verbose : bool
+        Show Voila's log on stderr.
+
+    Prints the endpoints, the app's URL and then ``twinbench demo ready``.
+    """
+    from twinbench.app import VoilaServer, dashboard_env, dashboard_path
+    from twinbench.plant import Plant
+
+    notebook = dashboard_path()
+    if audit is None:
+        audit = Path.home() / ".local" / "share" / "twinbench" / "demo" / "audit.jsonl"
+    audit = Path(audit)
+    audit.parent.mkdir(parents=True, exist_ok=True)
+    plant = Plant(opcua_port=_port_or_free(opcua_port, 4840), mqtt=mqtt, speedup=speedup,
+                  faults=faults)
+    server = VoilaServer(notebook, port=_port_or_free(port, 8866), quiet=not verbose, env={})
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await plant.start()
+            for kind, url in plant.endpoints.items():
+                _say(f"plant {kind:<6} {url}")
+            server.env.update(dashboard_env(plant.opcua_url, writable, audit))
+            await loop.run_in_executor(None, server.start)
+            _say(f"writable    {server.env['TWINBENCH_WRITABLE'] or 'none (read-only)'}"
+                 f"; audit log {audit}")
+            _say(f"dashboard   {server.url}")
+            _say("twinbench demo ready  (Ctrl-C stops it)")
+            code = 0
+            while not stop.is_set():
+                # Voila dying (killed, port stolen) ends the demo instead of serving a dead URL
+                if not server.running:
+                    print(f"twinbench demo: voila exited{server._log_tail()}", file=sys.stderr)
+                    code = 1
+                    break
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+            return code
+        finally:
+            await loop.run_in_executor(None, server.stop)
+            await plant.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            _say("twinbench demo stopped")
+
+    return asyncio.run(main())

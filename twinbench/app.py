@@ -1,0 +1,297 @@
+"""Serve the dashboard notebook as a Voila app.
+
+Voila runs in a subprocess (it owns its own Tornado server and kernels); this module finds the
+notebook, builds the command line, and starts and stops the server. The page it serves makes no
+off-host request: the dashboard shows Bokeh through jupyter_bokeh with BokehJS inline, and
+Voila's lab template, which links Font Awesome from a CDN, is replaced by ``twinbench``, a
+template that extends it without those links (``voila-style.js`` already bundles the icons).
+
+Nothing here imports Voila, ipywidgets or Bokeh: ``import twinbench.app`` stays light.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["VoilaServer", "dashboard_path", "dashboard_env", "free_port", "voila_command",
+           "voila_template_dir"]
+
+#: The template name passed to ``voila --template``.
+TEMPLATE = "twinbench"
+
+# Voila's lab template links these from jsdelivr; offline the stylesheet requests fail (and on a
+# network that drops packets instead of refusing them, they hold up the first paint).
+_CDN_LINKS = (
+    '<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/'
+    'fontawesome-free@^5/css/all.min.css" type="text/css" />',
+    '<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/'
+    'fontawesome-free@^5/css/v4-shims.min.css" type="text/css" />',
+)
+
+_INDEX_TEMPLATE = """\
+{%- extends 'voila/templates/lab/index.html.j2' -%}
+{#- twinbench: the lab template without its CDN stylesheets (voila-style.js bundles the
+    icons), so the page makes no off-host request. -#}
+{%- block notebook_css -%}
+{{ super() | replace('LINK0', '') | replace('LINK1', '') }}
+{%- endblock notebook_css -%}
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on now.
+
+    Examples
+    --------
+    >>> 0 < free_port() < 65536
+    True
+    """
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def dashboard_path(name: str = "dashboard.ipynb") -> Path:
+    """The dashboard notebook: ``notebooks/<name>`` of the source tree, or of the current
+    directory.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the places looked at.
+
+    Examples
+    --------
+    >>> dashboard_path().name
+    'dashboard.ipynb'
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a notebook file name, got {name!r}")
+    candidates = [Path(__file__).resolve().parents[1] / "notebooks" / name,
+                  Path.cwd() / "notebooks" / name, Path.cwd() / name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{name}: not found in {', '.join(str(p.parent) for p in candidates)}")
+
+
+def voila_template_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """Write the ``twinbench`` Voila template under `root` (a fresh temporary directory by
+    default) and return `root`, to be put on ``JUPYTER_PATH``.
+
+    Examples
+    --------
+    >>> root = voila_template_dir()
+    >>> sorted(p.name for p in (root / "voila" / "templates" / "twinbench").iterdir())
+    ['conf.json', 'index.html.j2']
+    """
+    root = Path(tempfile.mkdtemp(prefix="twinbench-voila-") if root is None else root)
+    tdir = root / "voila" / "templates" / TEMPLATE
+    tdir.mkdir(parents=True, exist_ok=True)
+    (tdir / "conf.json").write_text('{"base_template": "lab"}\n')
+    text = _INDEX_TEMPLATE.replace("LINK0", _CDN_LINKS[0].replace("'", "\\'"))
+    text = text.replace("LINK1", _CDN_LINKS[1].replace("'", "\\'"))
+    (tdir / "index.html.j2").write_text(text)
+    return root
+
+
+def dashboard_env(opcua_url: str, writable: Sequence[str] | str = (),
+                  audit: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The environment variables the dashboard notebook reads.
+
+    Parameters
+    ----------
+    opcua_url : str
+        ``TWINBENCH_OPCUA_URL``: the plant's OPC-UA endpoint.
+    writable : sequence of str or str
+        ``TWINBENCH_WRITABLE``: tags the operator may write (comma-separated); empty = read-only.
+    audit : path, optional
+        ``TWINBENCH_AUDIT``: the JSON-lines audit log of writes.
+
+    Examples
+    --------
+    >>> dashboard_env("opc.tcp://127.0.0.1:4840/twinbench/plant", ["speed_setpoint"])
+    {'TWINBENCH_OPCUA_URL': 'opc.tcp://127.0.0.1:4840/twinbench/plant', \
+'TWINBENCH_WRITABLE': 'speed_setpoint'}
+    """
+    if not isinstance(opcua_url, str) or not opcua_url.startswith("opc.tcp://"):
+        raise ValueError(f"opcua_url: expected opc.tcp://host:port/path, got {opcua_url!r}")
+    if isinstance(writable, str):
+        writable = [w for w in writable.split(",")]
+    tags = [str(w).strip() for w in writable if str(w).strip()]
+    env = {"TWINBENCH_OPCUA_URL": opcua_url, "TWINBENCH_WRITABLE": ",".join(tags)}
+    if audit is not None:
+        env["TWINBENCH_AUDIT"] = os.fspath(audit)
+    return env
+
+
+def voila_command(notebook: str | os.PathLike[str], port: int, *, host: str = "127.0.0.1",
+                  template: str | None = TEMPLATE, python: str | None = None,
+                  extra: Sequence[str] = ()) -> list[str]:
+    """The ``voila`` command line serving `notebook` on `host`:`port`, without a browser.
+
+    Examples
+    --------
+    >>> cmd = voila_command("dashboard.ipynb", 8866, python="python")
+    >>> cmd[:4]
+    ['python', '-m', 'voila', 'dashboard.ipynb']
+    >>> "--port=8866" in cmd and "--no-browser" in cmd
+    True
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"port: expected 1..65535, got {port!r}")
+    cmd = [python or sys.executable, "-m", "voila", os.fspath(notebook), "--no-browser",
+           f"--port={port}", f"--Voila.ip={host}", "--theme=light",
+           # a kernel that is slow to start is not an error on a busy 2-core machine
+           "--VoilaExecutor.timeout=120",
+           # the twin streams for as long as the page is open: no idle culling
+           "--MappingKernelManager.cull_idle_timeout=0"]
+    if template:
+        cmd.append(f"--template={template}")
+    cmd.extend(extra)
+    return cmd
+
+
+class VoilaServer:
+    """Voila serving the dashboard in a subprocess.
+
+    Parameters
+    ----------
+    notebook : path, optional
+        The notebook (default :func:`dashboard_path`).
+    port : int, optional
+        The port (default: a free one).
+    host : str
+        The interface (loopback by default: the app can write to equipment).
+    env : mapping, optional
+        Extra environment variables for Voila and its kernels (see :func:`dashboard_env`).
+    quiet : bool
+        Send Voila's log to a file (``.log_path``) instead of this process's stderr.
+
+    Examples
+    --------
+    >>> server = VoilaServer(port=8866)
+    >>> server.url
+    'http://127.0.0.1:8866/'
+    >>> server.running
+    False
+    """
+
+    def __init__(self, notebook: str | os.PathLike[str] | None = None, *,
+                 port: int | None = None, host: str = "127.0.0.1",
+                 env: Mapping[str, str] | None = None, quiet: bool = True,
+                 extra: Sequence[str] = ()) -> None:
+        self.notebook = Path(notebook) if notebook is not None else dashboard_path()
+        if not self.notebook.is_file():
+            raise FileNotFoundError(f"notebook: {self.notebook} does not exist")
+        self.host = str(host)
+        self.port = free_port(self.host) if port is None else port
+        self.command = voila_command(self.notebook, self.port, host=self.host, extra=extra)
+        self.env = dict(env or {})
+        self.quiet = bool(quiet)
+        self.log_path: Path | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._template_root: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The app's address."""
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> VoilaServer:
+        """Start Voila and wait until it accepts connections (at most `timeout` s).
+
+        Starting a running server does nothing.
+        """
+        if self.running:
+            return self
+        self._template_root = voila_template_dir()
+        env = dict(os.environ)
+        env.update(self.env)
+        env["JUPYTER_PATH"] = os.pathsep.join(
+            filter(None, [str(self._template_root), env.get("JUPYTER_PATH")]))
+        # the kernels import twinbench from this tree even where it is not installed
+        repo = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+        if self.quiet:
+            self.log_path = self._template_root / "voila.log"
+            out = open(self.log_path, "wb")  # noqa: SIM115 -- handed to the child
+        else:
+            out = None
+        try:
+            self.proc = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT if out else None,
+                                         start_new_session=True)
+        finally:
+            if out is not None:
+                out.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"voila exited with code {self.proc.returncode} before it "
+                                   f"listened{self._log_tail()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"voila did not listen on {self.url} within {timeout} s"
+                                   f"{self._log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Stop Voila and its kernels (SIGTERM to its process group, SIGKILL after `timeout`);
+        the exit code, or None if it was not running."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(10)
+        # kernels live in the same session; leave none behind
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return proc.returncode
+
+    def log(self) -> str:
+        """What Voila printed (when started quiet)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def _log_tail(self) -> str:
+        text = self.log()
+        return f"; its log ends:\n{text[-2000:]}" if text else ""
+
+    def __enter__(self) -> VoilaServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
