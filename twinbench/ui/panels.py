@@ -736,9 +736,8 @@ class ControlPanel(_Component):
         result = await self.writer.write(tag, value, reason=self.reason, source="user",
                                          confirm=self._ask)
         colour = {"written": "green", "dry-run": "gray"}.get(result.result, "red")
-        back = "" if result.read_back is None else f"; read back {result.read_back:g}"
         self.result_html.value = (f"<span style='color:{colour}'><b>{html.escape(result.result)}"
-                                  f"</b>{html.escape(back)}: {html.escape(result.message)}</span>")
+                                  f"</b>: {html.escape(result.message)}</span>")
         await asyncio.to_thread(self.update_audit)
         return result
 
@@ -754,9 +753,13 @@ class ControlPanel(_Component):
         if not self.enabled:
             return
         records = self.audit()[-self.audit_rows:][::-1]
-        cols = ["time", "tag", "requested", "read_back", "result", "source", "user", "message"]
-        present = [c for c in cols if any(c in r for r in records)] or cols
-        self.audit_html.value = html_table(records, present, empty="no writes yet")
+        rows = [{"time": str(r.get("time", ""))[11:19], "tag": r.get("tag"),
+                 "value": r.get("requested"), "read back": r.get("read_back"),
+                 "result": r.get("result"), "by": r.get("user") or r.get("source")}
+                for r in records]
+        # the full record (message, reason) is in the audit file; the panel keeps to a glance
+        self.audit_html.value = ("<div style='overflow-x:auto;font-size:smaller'>"
+                                 + html_table(rows, empty="no writes yet") + "</div>")
 
 
 # -- maintenance -------------------------------------------------------------------------------
