@@ -44,7 +44,8 @@ def test_setpoint_round_trip_and_the_plants_range_checks(fast_plant):
             before = (await src.read_values(["speed_setpoint"])).value[0]
             written = await src.write("speed_setpoint", 1500)  # an int to a Double node
             # the measured speed follows the setpoint (speedup 60: seconds of ramp, not minutes)
-            slowed = await collect(src, lambda b: (b.select("speed").value < 1600).any())
+            slowed = await collect(src, lambda b: (b.select("speed").value < 1600).any()
+                                   and 1500.0 in b.select("speed_setpoint").value)
             rejected = {}
             for tag, value in (("speed_setpoint", 5000.0), ("speed", 1.0), ("run", "yes")):
                 with pytest.raises(WriteRejected) as info:
@@ -61,6 +62,11 @@ def test_setpoint_round_trip_and_the_plants_range_checks(fast_plant):
     assert rejected["speed"] in ("BadUserAccessDenied", "BadNotWritable")
     assert rejected["run"].startswith("BadTypeMismatch")
     assert (slowed.select("speed").quality == Quality.GOOD).all()
+    # the setpoint carries the plant's simulated time, like its measurements (speedup 60)
+    sp = slowed.select("speed_setpoint")
+    t_sp = sp.time[sp.value == 1500.0][0]
+    speed_times = slowed.select("speed").time
+    assert speed_times.min() - np.timedelta64(5, "s") <= t_sp <= speed_times.max()
     assert status["writes"] == 2 and status["write_errors"] == 3  # 1500, then the restore
 
 

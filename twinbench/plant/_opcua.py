@@ -103,8 +103,11 @@ class _Users:
         return User(role=UserRole.User, name=username)
 
 
-def _checked_attribute_service(base: Any, checks: dict, readonly: set) -> Any:
-    """An AttributeService whose writes first pass the plant's range checks."""
+def _checked_attribute_service(base: Any, checks: dict, readonly: set,
+                               clock: Callable[[], datetime | None]) -> Any:
+    """An AttributeService whose writes first pass the plant's range checks, and whose accepted
+    setpoints carry the plant's simulated time (`clock`) as their SourceTimestamp, like its
+    measurements: with a speedup, wall-clock stamps would lie in the simulated past."""
     from asyncua import ua
     from asyncua.crypto.permission_rules import UserRole
     from asyncua.server.address_space import AttributeService
@@ -132,6 +135,9 @@ def _checked_attribute_service(base: Any, checks: dict, readonly: set) -> Any:
                                 _logger.info("opc-ua: write rejected: %s", exc)
                                 status = ua.StatusCode(code)
                             else:
+                                stamp = clock()
+                                if stamp is not None:
+                                    wv.Value.SourceTimestamp = stamp
                                 one = ua.WriteParameters(NodesToWrite=[wv])
                                 status = (await base.write(one, user=user))[0]
                                 if status.is_good():
@@ -153,6 +159,7 @@ class PlantServer:
                  users: Mapping[str, str] | None, state_dir: Path | None, bench_tags: int,
                  on_write: Callable[[AssetSim, str, Any], Any]) -> None:
         self.assets = assets
+        self._last_sim_time: float | None = None
         self.host = host
         self.port = port
         self.security = security
@@ -199,7 +206,7 @@ class PlantServer:
                 readonly.add(var.nodeid)
         iserver = server.iserver
         iserver.attribute_service = _checked_attribute_service(iserver.attribute_service, checks,
-                                                               readonly)
+                                                               readonly, self._sim_clock)
         await server.start()
         self.server = server
 
@@ -261,6 +268,10 @@ class PlantServer:
         readonly.add(wear.nodeid)
         self._nodes[asset.name] = nodes
 
+    def _sim_clock(self) -> datetime | None:
+        """The simulated time of the latest tick (None before the first)."""
+        return None if self._last_sim_time is None else _utc(self._last_sim_time)
+
     async def set_value(self, asset: AssetSim, tag: str, value: Any) -> None:
         """Show a setpoint changed by another path (MQTT) on its node."""
         from asyncua import ua
@@ -269,7 +280,8 @@ class PlantServer:
         vt = {"double": ua.VariantType.Double, "bool": ua.VariantType.Boolean,
               "string": ua.VariantType.String}[sp.kind]
         await self.server.write_attribute_value(self._nodes[asset.name][tag],
-                                                ua.DataValue(ua.Variant(value, vt)))
+                                                ua.DataValue(ua.Variant(value, vt),
+                                                             SourceTimestamp=self._sim_clock()))
 
     async def publish(self, asset: AssetSim, reading: Reading) -> None:
         """Write one tick's readings into the address space."""
@@ -279,6 +291,7 @@ class PlantServer:
         DV = _shared_datavalue()
         nodes = self._nodes[asset.name]
         ts = _utc(reading.time)
+        self._last_sim_time = reading.time
         now = datetime.now(UTC)
         attr = ua.AttributeIds.Value
         bad = {"dropout": ua.StatusCode(ua.StatusCodes.BadNoCommunication),
