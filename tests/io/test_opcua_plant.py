@@ -196,3 +196,16 @@ def test_cli_records_from_opcua_and_replay_plays_it_back(plant, tmp_path):
     played = asyncio.run(main())
     np.testing.assert_array_equal(played.select("seq").value, seq)
     assert played.time.min() == times.min()
+
+
+def test_plant_browse_names_are_in_its_namespace(plant):
+    """Browse paths name the plant's namespace (2), as its NodeIds do."""
+    async def main():
+        async with opcua_source(plant.opcua_url, {"speed": "0:Objects/2:Pump1/2:speed"},
+                                publishing_interval=50) as src:
+            tree = await src.browse("ns=2;s=Pump1", depth=1)
+            return await src.read_values(), tree
+
+    values, tree = asyncio.run(main())
+    assert np.isfinite(values.value).all()
+    assert tree.name == "2:Pump1" and "2:speed" in {c.name for c in tree.children}

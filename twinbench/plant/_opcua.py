@@ -196,11 +196,12 @@ class PlantServer:
         for asset in self.assets:
             await self._add_asset(server, objects, asset, checks, readonly)
         if self.bench_tags:
-            bench = await objects.add_object(ua.NodeId("Bench", self.ns), "Bench")
+            bench = await objects.add_object(ua.NodeId("Bench", self.ns), f"{self.ns}:Bench")
             width = 5 if self.bench_tags > 10000 else 4
             for i in range(self.bench_tags):
                 name = f"Bench.Tag{i:0{width}d}"
-                var = await bench.add_variable(ua.NodeId(name, self.ns), name.split(".")[1],
+                var = await bench.add_variable(ua.NodeId(name, self.ns),
+                                               f"{self.ns}:{name.split('.')[1]}",
                                                ua.Variant(0.0, ua.VariantType.Double))
                 self.bench_nodes.append(var.nodeid)
                 readonly.add(var.nodeid)
@@ -230,10 +231,10 @@ class PlantServer:
         from asyncua import ua
 
         ns = self.ns
-        obj = await parent.add_object(ua.NodeId(asset.name, ns), asset.name)
+        obj = await parent.add_object(ua.NodeId(asset.name, ns), f"{ns}:{asset.name}")
         nodes: dict[str, Any] = {}
         for v in asset.outputs:
-            var = await obj.add_variable(ua.NodeId(f"{asset.name}.{v.name}", ns), v.name,
+            var = await obj.add_variable(ua.NodeId(f"{asset.name}.{v.name}", ns), f"{ns}:{v.name}",
                                          ua.Variant(0.0, ua.VariantType.Double))
             await _describe(var, v.units, v.long_name)
             nodes[v.name] = var.nodeid
@@ -242,7 +243,8 @@ class PlantServer:
                  "string": ua.VariantType.String}
         for sp in asset.setpoints.values():
             vt = types[sp.kind]
-            var = await obj.add_variable(ua.NodeId(f"{asset.name}.{sp.name}", ns), sp.name,
+            var = await obj.add_variable(ua.NodeId(f"{asset.name}.{sp.name}", ns),
+                                         f"{ns}:{sp.name}",
                                          ua.Variant(asset.values[sp.name], vt))
             await var.set_writable()
             await _describe(var, sp.units, sp.description,
@@ -256,12 +258,12 @@ class PlantServer:
 
             checks[var.nodeid] = (vt, (lambda value, n=sp.name: asset.check(n, value)),
                                   make_apply(sp.name))
-        seq = await obj.add_variable(ua.NodeId(f"{asset.name}.sequence", ns), "sequence",
+        seq = await obj.add_variable(ua.NodeId(f"{asset.name}.sequence", ns), f"{ns}:sequence",
                                      ua.Variant(0, ua.VariantType.UInt64))
         nodes["sequence"] = seq.nodeid
         readonly.add(seq.nodeid)
-        truth = await obj.add_folder(ua.NodeId(f"{asset.name}.Truth", ns), "Truth")
-        wear = await truth.add_variable(ua.NodeId(f"{asset.name}.true_wear", ns), "true_wear",
+        truth = await obj.add_folder(ua.NodeId(f"{asset.name}.Truth", ns), f"{ns}:Truth")
+        wear = await truth.add_variable(ua.NodeId(f"{asset.name}.true_wear", ns), f"{ns}:true_wear",
                                         ua.Variant(0.0, ua.VariantType.Double))
         await _describe(wear, "1", "hidden bearing damage (simulation truth, not a sensor)")
         nodes["true_wear"] = wear.nodeid
