@@ -477,14 +477,14 @@ class MqttSource(LiveSource):
         # here is one the consumer cannot use.
         try:
             topic = message.topic  # a property that decodes the topic bytes: read it once
-            if topic == self.ack_topic:
-                self._on_ack(message.payload)
-                return
             seen = self._seen  # only this thread writes the counts; browse() reads a copy
             try:
                 seen[topic] += 1
             except KeyError:
                 seen[topic] = 1
+            if topic == self.ack_topic:
+                self._on_ack(message.payload)
+                return
             now = time.time_ns()
             sink = self._sink
             buf = self._buffer
