@@ -208,6 +208,10 @@ def test_twinbench_demo_serves_the_dashboard_and_stops_cleanly(tmp_path):
         assert proc.returncode == 0, err
         assert "twinbench demo stopped" in out
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        if proc.poll() is None:  # SIGTERM first: the demo stops its Voila (own session) too
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
