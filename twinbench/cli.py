@@ -1,8 +1,8 @@
 """The ``twinbench`` command.
 
 Subcommands: ``bench`` (benchmarks with figures and ratios), ``record`` (live tags to a
-dataset file), ``plant`` (the simulated plant) and ``demo`` (the main job; until the live plant and dashboard exist, a
-demonstration of the kernel on the pump model).
+dataset file), ``plant`` (the simulated plant) and ``demo`` (the main job: the plant and the
+dashboard served by Voila; ``demo --kernel`` walks through the kernel on recorded-like data).
 """
 
 from __future__ import annotations
