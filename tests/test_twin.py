@@ -339,3 +339,30 @@ def test_a_configured_filter_can_be_given(fault_day):
              estimator=ekf)
     with pytest.raises(ValueError, match="estimator: expected 'ekf'"):
         Twin(tb.models.pump(), tb.replay(rec, speed=None), estimator="ukf", R=R)
+
+
+def test_a_twin_started_before_its_equipment_connects_when_it_appears(start_plant, stop_plant):
+    from twinbench.plant._opcua import free_port
+
+    port = free_port()
+    src = tb.connect(f"opc.tcp://127.0.0.1:{port}/twinbench/plant",
+                     {"speed": "ns=2;s=Pump1.speed"}, publishing_interval=50, connect_timeout=2.0)
+    twin = Twin(tb.models.pump(), src, R={"speed": 4.0}, Q=Q, P0=P0, max_step=0.5)
+
+    async def main():
+        twin.start()
+        deadline = time.monotonic() + 10
+        while twin.stats["errors"] < 1:  # nothing listens yet: a failed attempt, no give-up
+            assert time.monotonic() < deadline, twin.stats
+            await asyncio.sleep(0.05)
+        plant = await asyncio.to_thread(start_plant, opcua_port=port, speedup=60.0)
+        try:
+            deadline = time.monotonic() + 30
+            while twin.stats["steps"] < 5:
+                assert time.monotonic() < deadline and twin.running, twin.stats
+                await asyncio.sleep(0.05)
+        finally:
+            await twin.stop()
+            await asyncio.to_thread(stop_plant, plant)
+
+    asyncio.run(main())

@@ -478,7 +478,7 @@ class Twin:
     async def _run(self) -> None:
         source = self.source
         try:
-            await source.start()
+            await self._start_source()
             async for batch in source.batches():
                 self.process(batch)
                 if self._history is not None:  # writes on a worker thread: the loop runs on
@@ -491,6 +491,23 @@ class Twin:
         finally:
             if self._history is not None:
                 await self._history.aflush()
+
+    async def _start_source(self) -> None:
+        """Connect, retrying with backoff (1 s doubling to 30 s) while the equipment is not
+        there yet; a refused identity or a wrong tag map is not retried."""
+        delay = 1.0
+        while True:
+            try:
+                await self.source.start()
+                return
+            except (PermissionError, LookupError, ValueError, TypeError):
+                raise
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                self.stats["errors"] += 1
+                self._log.warning("connect", "twin %s: cannot connect yet (%s); retrying in %g s",
+                                  self.name, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     def start(self) -> Twin:
         """Run the twin on the running event loop (JupyterLab, Voila, or your own); returns at
