@@ -37,7 +37,9 @@ def _missing() -> str | None:
 MISSING = _missing()
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in the main thread while it
+# is open, and later tests (doctests calling asyncio.run) must not find one.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """A headless Chromium for the session."""
     if MISSING:
