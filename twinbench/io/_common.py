@@ -170,6 +170,11 @@ class LiveSource:
     _sync: Any
     connect_timeout: float
 
+    def __repr__(self) -> str:
+        state = "connected" if getattr(self, "_connected", False) else "disconnected"
+        return (f"<{type(self).__name__} {self.url} "  # type: ignore[attr-defined]
+                f"{len(self.tags)} tags {state}>")  # type: ignore[attr-defined]
+
     async def __aenter__(self) -> Any:
         await self.start()  # type: ignore[attr-defined]
         return self

@@ -438,10 +438,6 @@ class MqttSource(LiveSource):
         self._latest = LatestValues(tags.names)
         self._sync = LoopThread(f"twinbench-mqtt-{self.url}", f"MqttSource {self.url}")
 
-    def __repr__(self) -> str:
-        state = "connected" if self._connected else "disconnected"
-        return f"<MqttSource {self.url} {len(self.tags)} tags {state}>"
-
     # -- status --------------------------------------------------------------------------------
 
     @property

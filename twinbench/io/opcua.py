@@ -372,10 +372,6 @@ class OpcUaSource(LiveSource):
         self._latest = LatestValues(tags.names)
         self._sync = LoopThread(f"twinbench-opcua-{url}", f"OpcUaSource {url}")
 
-    def __repr__(self) -> str:
-        state = "connected" if self._connected else "disconnected"
-        return f"<OpcUaSource {self.url} {len(self.tags)} tags {state}>"
-
     # -- status --------------------------------------------------------------------------------
 
     @property

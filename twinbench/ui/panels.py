@@ -85,7 +85,37 @@ def _spawn(coro: Any, owner: Any, name: str) -> asyncio.Task[Any]:
 # -- connection --------------------------------------------------------------------------------
 
 
-class ConnectionPanel(_Component):
+class _Refresher:
+    """A panel that calls its ``update()`` every ``interval`` s from one task on the running
+    loop; a failed refresh is logged and never ends the task."""
+
+    interval: float
+    _task: asyncio.Task[None] | None
+
+    def update(self) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.update()
+            except Exception:  # a failed refresh must not end the refresher
+                _logger.exception("%s: refresh failed", type(self).__name__)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> Any:
+        """Refresh on the running loop every `interval` s; starting twice does nothing."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+class ConnectionPanel(_Component, _Refresher):
     """URL, security, credentials, Connect/Disconnect, and the source's live status.
 
     The password box is an ``ipywidgets.Password`` (shown as dots); its value is handed to the
@@ -222,24 +252,6 @@ class ConnectionPanel(_Component):
         """Refresh the status display now."""
         self.status_html.value = self._status_text()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.update()
-            except Exception:  # a status read must not end the refresher
-                _logger.exception("ConnectionPanel: status refresh failed")
-            await asyncio.sleep(self.interval)
-
-    def start(self) -> ConnectionPanel:
-        """Refresh the status on the running loop; starting twice does nothing."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
 
 # -- tag browser -------------------------------------------------------------------------------
@@ -765,7 +777,7 @@ class ControlPanel(_Component):
 # -- maintenance -------------------------------------------------------------------------------
 
 
-class MaintenancePanel(_Component):
+class MaintenancePanel(_Component, _Refresher):
     """RUL quantiles, the health-indicator trend, work orders and KPIs of a twin.
 
     Parameters
@@ -856,21 +868,3 @@ class MaintenancePanel(_Component):
             except Exception as exc:  # noqa: BLE001 - e.g. an empty window: say why
                 self.kpi_html.value = f"<i>KPIs unavailable: {html.escape(str(exc))}</i>"
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.update()
-            except Exception:  # a failed refresh must not end the refresher
-                _logger.exception("MaintenancePanel: refresh failed")
-            await asyncio.sleep(self.interval)
-
-    def start(self) -> MaintenancePanel:
-        """Refresh on the running loop every `interval` s; starting twice does nothing."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
