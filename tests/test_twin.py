@@ -226,6 +226,35 @@ def test_whatif_forks_from_the_current_estimate(fault_day):
     assert float(proj.wear.isel(scenario=0, time=0)) == pytest.approx(float(twin.ekf.x[3]))
 
 
+def test_public_accessors_for_views(fault_day):
+    """What live views read: a copy of the estimate to project from, the live window from a
+    time on, column names, units and noise, never the twin's private fields."""
+    _, rec, R = fault_day
+    twin = replay_twin(rec.isel(time=slice(0, 120)), R,
+                       detectors={"vibration": Cusum(k=0.5, h=5.0, warmup=60)})
+    assert twin.snapshot()["time"] is None
+    asyncio.run(_drain(twin))
+    snap = twin.snapshot()
+    assert snap["time"] == rec.time.values[119]
+    assert snap["state"]["wear"] == float(twin.ekf.x[3])
+    snap["covariance"][0, 0] = -1.0  # a copy: the twin keeps filtering on its own
+    assert twin.ekf.P[0, 0] > 0
+    assert snap["params"] == {} and twin.params["rated_speed"] > 0
+    later = twin.live_window(start=rec.time.values[100])
+    assert later.sizes["time"] == 20 and later.time.values[0] == rec.time.values[100]
+    assert twin.column("speed") == "speed" and twin.units["speed_residual"] == "rpm"
+    assert twin.alarm_names == ["alarm_vibration"]
+    assert twin.noise == pytest.approx(R)
+    with pytest.raises(ValueError, match="variable: 'wear' has no tag"):
+        twin.column("wear")
+
+
+async def _drain(twin):
+    await twin.source.start()
+    async for batch in twin.source.batches():
+        twin.process(batch)
+
+
 def test_rul_raises_a_work_order_and_kpis(fault_day):
     from twinbench.kernel.rul import ParticleFilterRUL
     from twinbench.maintenance import MaintenancePolicy, kpis

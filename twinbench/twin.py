@@ -167,8 +167,8 @@ class Twin:
                 raise ValueError(f"estimator: its measured variables {list(estimator.measured)} "
                                  f"differ from the twin's {self.measured}")
             self.ekf = estimator
-            R = {m: float(estimator._R[j, j]) for j, m in enumerate(self.measured)}
-            q = [float(v) for v in np.diag(estimator._Q)]
+            R = {m: float(estimator.R[j, j]) for j, m in enumerate(self.measured)}
+            q = [float(v) for v in np.diag(estimator.Q)]
         elif estimator == "ekf":
             R = dict(R or {})
             missing = [m for m in self.measured if m not in R]
@@ -453,15 +453,14 @@ class Twin:
         """
         from twinbench.scenario import whatif
 
-        if self._last_ns is None:
+        snap = self.snapshot()
+        if snap["time"] is None:
             raise RuntimeError(f"twin {self.name}: no measurement yet; nothing to project from")
-        state = dict(zip(self.model.state_names, self.ekf.x.tolist(), strict=True))
-        inputs = {name: float(v) for name, v in zip(self.model.input_names, self._u_last,
-                                                      strict=True) if np.isfinite(v)}
-        return whatif(self.model, state, horizon=horizon, dt=dt, changes=changes, n=n,
-                      uncertainty=uncertainty, covariance=self.ekf.P if uncertainty else None,
-                      inputs=inputs, params=self._params,
-                      start=np.datetime64(self._last_ns, "ns"), **options)
+        return whatif(self.model, snap["state"], horizon=horizon, dt=dt, changes=changes, n=n,
+                      uncertainty=uncertainty,
+                      covariance=snap["covariance"] if uncertainty else None,
+                      inputs=snap["inputs"], params=snap["params"], start=snap["time"],
+                      **options)
 
     @property
     def recommendations(self) -> list[Any]:
@@ -570,9 +569,82 @@ class Twin:
         """Alarm name → whether it is raised at the latest sample."""
         return dict(self._alarms)
 
-    def latest(self) -> dict[str, float]:
-        """The latest value of every column of the state."""
-        return self._ring.latest()
+    def latest(self, skipna: bool = False) -> dict[str, float]:
+        """The latest value of every column of the state.
+
+        With ``skipna=True``, each column's last value that is not missing: what a status
+        display wants, since tags arrive in different rows (a setpoint only when it changes).
+        """
+        return self._ring.latest(skipna=skipna)
+
+    def live_window(self, start: Any = None, end: Any = None) -> Any:
+        """The live window between `start` and `end` (inclusive; None: unbounded) as a
+        Dataset, without touching the stored history: what a live view polls (it costs the
+        rows asked for, not the whole window).
+
+        Examples
+        --------
+        >>> import twinbench as tb
+        >>> src = tb.connect("opc.tcp://127.0.0.1:4840/p", {"speed": "ns=2;s=Pump1.speed"})
+        >>> twin = tb.Twin(tb.models.pump(), src, R={"speed": 4.0})
+        >>> twin.live_window(start="2026-11-01").sizes.get("time", 0)
+        0
+        """
+        return self._ring.to_dataset(start, end)
+
+    @property
+    def units(self) -> dict[str, str]:
+        """CF units of every column of the state (a copy)."""
+        return self._ring.units
+
+    def column(self, variable: str) -> str:
+        """The state column holding a tagged variable's measurements (a measured state's
+        column is ``<state>_measured``, since the state's own column holds its estimate)."""
+        try:
+            return self._col[variable]
+        except KeyError:
+            raise ValueError(f"variable: {variable!r} has no tag; tagged variables are "
+                             f"{sorted(self._col)}") from None
+
+    @property
+    def alarm_names(self) -> list[str]:
+        """The detectors' alarm columns, in the order they were given."""
+        return [alarm for _, alarm, _ in self._detectors]
+
+    @property
+    def noise(self) -> dict[str, float]:
+        """Measurement noise variance of each measured variable (units squared)."""
+        R = self.ekf.R
+        return {m: float(R[j, j]) for j, m in enumerate(self.measured)}
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The model parameter values the twin runs with (declared defaults filled in)."""
+        return {p.name: float(self._params.get(p.name, p.default)) for p in self.model.params}
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of what a projection starts from, taken now: ``time`` (datetime64[ns] of the
+        latest measurement, None before one), ``state`` (the estimate, by state name),
+        ``covariance`` (its covariance matrix), ``inputs`` (the last known input values; inputs
+        never received are left out) and ``params``. The twin keeps filtering while a worker
+        projects from the copy.
+
+        Examples
+        --------
+        >>> import twinbench as tb
+        >>> src = tb.connect("opc.tcp://127.0.0.1:4840/p", {"speed": "ns=2;s=Pump1.speed"})
+        >>> snap = tb.Twin(tb.models.pump(), src, R={"speed": 4.0}).snapshot()
+        >>> snap["time"], sorted(snap["state"]), snap["inputs"]
+        (None, ['flow', 'shaft_speed', 'wear', 'winding_temperature'], {})
+        """
+        model = self.model
+        return {"time": None if self._last_ns is None else np.datetime64(self._last_ns, "ns"),
+                "state": dict(zip(model.state_names, np.array(self.ekf.x, float).tolist(),
+                                  strict=True)),
+                "covariance": np.array(self.ekf.P, dtype=float),
+                "inputs": {name: float(v) for name, v in zip(model.input_names, self._u_last,
+                                                               strict=True) if np.isfinite(v)},
+                "params": dict(self._params)}
 
     def _repr_html_(self) -> str:
         import html

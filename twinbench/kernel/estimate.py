@@ -655,6 +655,16 @@ class ExtendedKalmanFilter(_Filter):
         return len(self.measured)
 
     @property
+    def Q(self) -> np.ndarray:
+        """Process noise covariance (a copy)."""
+        return self._Q.copy()
+
+    @property
+    def R(self) -> np.ndarray:
+        """Measurement noise covariance, in the order of ``measured`` (a copy)."""
+        return self._R.copy()
+
+    @property
     def time(self) -> float:
         """Model-clock time (s) of the current estimate; NaN before the first measurement."""
         return float(self._clock[0])

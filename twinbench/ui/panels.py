@@ -492,16 +492,12 @@ class ScenarioPanel(_Component):
 
     def use_current(self) -> None:
         """Fill the input boxes with the twin's latest inputs."""
-        held = getattr(self.twin, "_u_last", None)
-        if held is None:
-            return
-        for name, v in zip(self.twin.model.input_names, held, strict=True):
-            if np.isfinite(v):
-                self.inputs[name].value = float(v)
+        for name, v in self.twin.snapshot()["inputs"].items():
+            self.inputs[name].value = float(v)
 
     def _changes(self) -> dict[str, list[float]]:
-        held = dict(zip(self.twin.model.input_names, getattr(self.twin, "_u_last", []),
-                        strict=False))
+        snap = self.twin.snapshot()
+        held = snap["inputs"]
         declared = {v.name: v.default for v in self.twin.model.inputs}
         changes = {}
         for name, box in self.inputs.items():
@@ -510,7 +506,7 @@ class ScenarioPanel(_Component):
             if not math.isclose(box.value, now, rel_tol=1e-12, abs_tol=1e-12):
                 changes[name] = [float(box.value)]
         pdefault = {p.name: p.default for p in self.twin.model.params}
-        params = getattr(self.twin, "_params", {})
+        params = snap["params"]
         for name, box in self.parameters.items():
             if not math.isclose(box.value, params.get(name, pdefault[name]), rel_tol=1e-12):
                 changes[name] = [float(box.value)]
@@ -545,21 +541,15 @@ class ScenarioPanel(_Component):
     def _snapshot(self, horizon: float, call: dict[str, Any]) -> Any:
         """The projection as a callable for a worker thread, with the twin's estimate copied
         now, on the loop: the twin keeps filtering while the ensemble runs."""
-        twin = self.twin
-        ekf, last_ns = getattr(twin, "ekf", None), getattr(twin, "_last_ns", None)
-        if ekf is None or last_ns is None:  # not a Twin as we know it: its own whatif
-            return lambda: twin.whatif(horizon, **call)
         from twinbench.scenario import whatif
 
-        model = twin.model
-        state = dict(zip(model.state_names, np.array(ekf.x, dtype=float).tolist(), strict=True))
-        covariance = np.array(ekf.P, dtype=float)
-        inputs = {name: float(v) for name, v in zip(model.input_names, twin._u_last, strict=True)
-                  if np.isfinite(v)}
-        params = dict(getattr(twin, "_params", {}))
-        start = np.datetime64(int(last_ns), "ns")
-        return lambda: whatif(model, state, horizon=horizon, covariance=covariance,
-                              inputs=inputs, params=params, start=start, **call)
+        snap = self.twin.snapshot()
+        if snap["time"] is None:
+            raise RuntimeError("no measurement yet: nothing to project from (is the twin "
+                               "connected?)")
+        return lambda: whatif(self.twin.model, snap["state"], horizon=horizon,
+                              covariance=snap["covariance"], inputs=snap["inputs"],
+                              params=snap["params"], start=snap["time"], **call)
 
     def show(self, result: Any) -> None:
         """Draw a what-if result."""
@@ -682,13 +672,13 @@ class ControlPanel(_Component):
     def _current(self, tag: str) -> float | None:
         """The tag's latest value in the twin's state (None when unknown)."""
         variable = next((v for v, t in getattr(self.twin, "tags", {}).items() if t == tag), tag)
-        ring = getattr(self.twin, "_ring", None)
         try:
             # a setpoint arrives only when it changes: its last known value, not the last row's
-            latest = ring.latest(skipna=True) if ring is not None else self.twin.latest()
+            latest = self.twin.latest(skipna=True)
+            column = self.twin.column(variable) if variable in self.twin.tags else variable
         except Exception:  # noqa: BLE001 - an empty window has no latest row
             return None
-        value = latest.get(getattr(self.twin, "_col", {}).get(variable, variable))
+        value = latest.get(column)
         return float(value) if value is not None and np.isfinite(value) else None
 
     def update(self) -> None:

@@ -68,9 +68,8 @@ def variable_units(twin: Any) -> dict[str, str]:
     >>> variable_units(twin)["speed_residual"], variable_units(twin)["wear_std"]
     ('rpm', '1')
     """
-    ring = getattr(twin, "_ring", None)
-    if ring is not None:
-        return dict(ring.units)
+    if isinstance(getattr(twin, "units", None), dict):
+        return dict(twin.units)
     model = twin.model
     units = {v.name: v.units for v in (*model.inputs, *model.outputs, *model.states)}
     for name, unit in list(units.items()):
@@ -82,13 +81,12 @@ def variable_units(twin: Any) -> dict[str, str]:
 def state_window(twin: Any, start_ns: int | None = None) -> Any:
     """The twin's state from `start_ns` (inclusive, ns since the epoch) on, as a Dataset.
 
-    Reads only the live window (the ring buffer), never the stored history, so a plot tick
+    Reads only the live window (``twin.live_window``), never the stored history, so a plot tick
     costs the new rows, not the whole window.
     """
-    ring = getattr(twin, "_ring", None)
     start = None if start_ns is None else np.datetime64(int(start_ns), "ns")
-    if ring is not None:
-        return ring.to_dataset(start, None)
+    if callable(getattr(twin, "live_window", None)):
+        return twin.live_window(start, None)
     state = twin.state
     return state if start is None else state.sel(time=slice(start, None))
 
@@ -96,8 +94,7 @@ def state_window(twin: Any, start_ns: int | None = None) -> Any:
 def _series(twin: Any, variable: str) -> dict[str, str | None]:
     """Which state columns show `variable`: measured values, the estimate and its std."""
     model = twin.model
-    col = getattr(twin, "_col", {})
-    measured = col.get(variable) if variable in getattr(twin, "tags", {}) else None
+    measured = twin.column(variable) if variable in getattr(twin, "tags", {}) else None
     if variable in model.state_names:
         return {"measured": measured, "estimate": variable, "std": f"{variable}_std"}
     if variable in model.output_names:
@@ -188,7 +185,7 @@ class LivePlot:
         model = twin.model
         known = {v.name: v.units for v in (*model.inputs, *model.outputs, *model.states)}
         self._residuals = [v for v in variables if v in getattr(twin, "measured", [])]
-        self._alarms = [a for _, a, _ in getattr(twin, "_detectors", [])]
+        self._alarms = list(getattr(twin, "alarm_names", []))
         # One source for every figure: shared x range, one stream call per tick.
         data: dict[str, list[float]] = {"time": []}
         for spec in self._series.values():
@@ -379,16 +376,8 @@ class LivePlot:
 
 def _noise_std(twin: Any, measured: Sequence[str]) -> dict[str, float]:
     """Measurement noise standard deviation per measured variable (1 where unknown)."""
-    R = getattr(getattr(twin, "ekf", None), "_R", None)
-    order = list(getattr(twin, "measured", []))
-    out = {}
-    for v in measured:
-        sd = 1.0
-        if R is not None and v in order:
-            var = float(np.asarray(R)[order.index(v), order.index(v)])
-            sd = math.sqrt(var) if var > 0 else 1.0
-        out[v] = sd
-    return out
+    variances = getattr(twin, "noise", {})
+    return {v: math.sqrt(variances[v]) if variances.get(v, 0) > 0 else 1.0 for v in measured}
 
 
 def _column(ds: Any, name: str, keep: np.ndarray | None) -> np.ndarray:
