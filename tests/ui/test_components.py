@@ -256,3 +256,36 @@ def test_tag_browser_and_connection_panel_on_the_plant(plant, tmp_path):
     again = ui.TagBrowser(None, variables=["speed", "vibration"])
     assert again.load(path) == browser.tag_map()
     assert tb.connect(plant.opcua_url, str(path)).tags.names == ("speed", "vibration")
+
+
+def test_tag_browser_tree_opens_closes_and_filters():
+    from twinbench.io.browse import BrowseNode
+
+    tree = BrowseNode("0:Objects", "i=85", "Object", [
+        BrowseNode("0:Server", "i=2253", "Object", [BrowseNode("0:State", "i=2259", "Variable")]),
+        BrowseNode("2:Pump1", "ns=2;s=Pump1", "Object", [
+            BrowseNode("2:speed", "ns=2;s=Pump1.speed", "Variable", [
+                BrowseNode("2:EngineeringUnits", "ns=2;i=1", "Variable",
+                           info={"property": True})]),
+            BrowseNode("2:power", "ns=2;s=Pump1.power", "Variable")])])
+    browser = ui.TagBrowser(None, variables=["speed", "power"])
+    browser.show(tree)
+
+    def labels():
+        return [label.replace("\u2003", " ").strip() for label, _ in browser.select.options]
+
+    # the server's own nodes start closed, the equipment open; properties are not tags
+    assert labels() == ["▾ 0:Objects", "▸ 0:Server  (1)", "▾ 2:Pump1", "speed", "power"]
+    browser.select.value = ("ns=2;s=Pump1.power",)
+    folder = dict(browser.select.options)["\u2003▸ 0:Server  (1)"]
+    browser.select.value = ("ns=2;s=Pump1.power", folder)  # a click on the folder row
+    assert "State" in labels() and browser.select.value == ("ns=2;s=Pump1.power",)
+    browser.toggle("2:Pump1")
+    assert "speed" not in labels() and "▸ 2:Pump1  (2)" in labels()
+    assert browser.select.value == ()  # hidden rows are not selected
+    browser.filter.value = "SPE"
+    assert labels() == ["▾ 0:Objects", "▾ 2:Pump1", "speed"]  # matches shown, folders opened
+    browser.filter.value = ""
+    assert "speed" not in labels()  # the folder closed by hand stays closed
+    with pytest.raises(ValueError, match="folder: no folder 'Pump2'"):
+        browser.toggle("Pump2")

@@ -900,6 +900,8 @@ class OpcUaSource(LiveSource):
                 count[0] += 1
                 child = BrowseNode(desc.BrowseName.to_string(), desc.NodeId.to_string(),
                                    desc.NodeClass.name)
+                if desc.ReferenceTypeId == ua.NodeId(ua.ObjectIds.HasProperty):
+                    child.info["property"] = True  # EngineeringUnits, EURange...: not a tag
                 tree.children.append(child)
                 if desc.NodeClass in (ua.NodeClass.Object, ua.NodeClass.Variable):
                     await expand(child, level + 1)

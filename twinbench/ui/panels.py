@@ -258,8 +258,12 @@ class ConnectionPanel(_Component, _Refresher):
 
 
 class TagBrowser(_Component):
-    """The source's address space (OPC-UA nodes, MQTT topics) as an indented list; pick tags and
-    map them to model variables; save and load the map as YAML.
+    """The source's address space (OPC-UA nodes, MQTT topics) as a collapsible tree; pick tags
+    and map them to model variables; save and load the map as YAML.
+
+    Selecting a folder row (``▸``/``▾``) opens or closes it; the filter box shows only the
+    values whose name or address contains its text, with their folders opened. The server's
+    own nodes (namespace 0, e.g. ``0:Server``) start closed, the rest opens two levels deep.
 
     Parameters
     ----------
@@ -270,6 +274,8 @@ class TagBrowser(_Component):
         name, starting from the tag's short name.
     depth : int, default 4
         Levels to browse.
+    open_levels : int, default 2
+        Levels opened when a tree is shown.
 
     Examples
     --------
@@ -278,18 +284,30 @@ class TagBrowser(_Component):
     >>> tb_.show(BrowseNode("0:Objects", "i=85", "Object", [
     ...     BrowseNode("2:Pump1", "ns=2;s=Pump1", "Object", [
     ...         BrowseNode("2:speed", "ns=2;s=Pump1.speed", "Variable")])]))
+    >>> [label for label, _ in tb_.select.options]
+    ['▾ 0:Objects', '\u2003▾ 2:Pump1', '\u2003\u2003speed']
+    >>> tb_.toggle("2:Pump1"); [label for label, _ in tb_.select.options]
+    ['▾ 0:Objects', '\u2003▸ 2:Pump1  (1)']
     >>> tb_.pick(["ns=2;s=Pump1.speed"]); tb_.tag_map()
     {'speed': 'ns=2;s=Pump1.speed'}
     """
 
     def __init__(self, source: Any, *, variables: Sequence[str] | None = None,
-                 depth: int = 4) -> None:
+                 depth: int = 4, open_levels: int = 2) -> None:
         self.source = source
         self.variables = list(variables) if variables is not None else None
         self.depth = depth
+        self.open_levels = int(open_levels)
         self.tree: Any = None
+        self._open: set[str] = set()  # paths ("0/1/3": child indices) of the open folders
+        self._folders: dict[str, Any] = {}  # path -> folder node, for toggle()
+        self._rendering = False
         self.select = widgets.SelectMultiple(options=[], rows=14, description="Nodes",
                                              layout=widgets.Layout(width="100%"))
+        self.select.observe(self._on_select, "value")
+        self.filter = widgets.Text(value="", placeholder="filter by name or address",
+                                   description="Filter", continuous_update=True)
+        self.filter.observe(lambda _: self._render(), "value")
         self.refresh_button = widgets.Button(description="Browse", icon="refresh")
         self.refresh_button.on_click(lambda _: _spawn(self.refresh(), self, "browse"))
         self.add_button = widgets.Button(description="Map selected", icon="plus")
@@ -303,7 +321,8 @@ class TagBrowser(_Component):
         self.rows = widgets.VBox([])
         self._mapping: dict[str, widgets.Widget] = {}  # address -> variable widget
         self._widget = widgets.VBox([
-            widgets.HTML("<b>Tags</b>"), self.refresh_button, self.select, self.add_button,
+            widgets.HTML("<b>Tags</b>"), widgets.HBox([self.refresh_button, self.filter]),
+            self.select, self.add_button,
             widgets.HTML("<i>address → model variable</i>"), self.rows,
             widgets.HBox([self.path, self.save_button, self.load_button]), self.message])
 
@@ -326,22 +345,91 @@ class TagBrowser(_Component):
         return tree
 
     def show(self, tree: Any) -> None:
-        """Show a BrowseNode tree (value nodes are selectable)."""
+        """Show a BrowseNode tree (value nodes are selectable), opened `open_levels` deep."""
         self.tree = tree
-        options = []
+        self._open = set()
 
-        def walk(node: Any, level: int) -> None:
-            label = "\u2003" * level + (node.name.split(":", 1)[-1] if node.is_value
-                                         else f"▸ {node.name}")
-            if node.is_value and node.address is not None:
-                options.append((label, node.address))
-            else:
-                options.append((label, f"\0{len(options)}"))  # headers select nothing
-            for child in node.children:
-                walk(child, level + 1)
+        def opened(node: Any, path: str, level: int) -> None:
+            if level < self.open_levels and (level == 0 or not node.name.startswith("0:")):
+                self._open.add(path)
+                for i, child in enumerate(node.children):
+                    opened(child, f"{path}/{i}", level + 1)
 
-        walk(tree, 0)
-        self.select.options = options
+        if tree is not None:
+            opened(tree, "0", 0)
+        self._render()
+
+    def toggle(self, folder: str) -> None:
+        """Open a closed folder or close an open one, by name (``"2:Pump1"``) or address."""
+        for path, node in self._folders.items():
+            if folder in (node.name, node.address):
+                self._open ^= {path}
+                self._render()
+                return
+        raise ValueError(f"folder: no folder {folder!r} is shown; folders: "
+                         f"{sorted(n.name for n in self._folders.values())}")
+
+    def _render(self) -> None:
+        """Rebuild the list's rows from the tree, the open folders and the filter."""
+        options: list[tuple[str, str]] = []
+        self._folders = {}
+        query = self.filter.value.strip().lower()
+
+        def matches(node: Any) -> bool:
+            return query in node.name.lower() or query in str(node.address or "").lower()
+
+        def below(node: Any) -> list[Any]:
+            # a variable's properties (EngineeringUnits, EURange) describe it; they are not tags
+            return [c for c in node.children if not c.info.get("property")]
+
+        def count(node: Any) -> int:
+            return sum((1 if c.is_value and (not query or matches(c)) else 0) + count(c)
+                       for c in below(node))
+
+        def walk(node: Any, level: int, path: str) -> None:
+            indent = "\u2003" * level
+            if node.is_value:  # a leaf row; an MQTT topic's subtopics follow it, one level in
+                if node.address is not None and (not query or matches(node)):
+                    options.append((indent + node.name.split(":", 1)[-1], node.address))
+                for i, child in enumerate(below(node)):
+                    walk(child, level + 1, f"{path}/{i}")
+                return
+            shown_below = count(node)
+            if query and not shown_below:
+                return
+            self._folders[path] = node
+            is_open = bool(query) or path in self._open
+            label = f"{indent}{'▾' if is_open else '▸'} {node.name}"
+            options.append((label if is_open else f"{label}  ({shown_below})", f"\0{path}"))
+            if is_open:
+                for i, child in enumerate(node.children):
+                    walk(child, level + 1, f"{path}/{i}")
+
+        if self.tree is not None:
+            walk(self.tree, 0, "0")
+        selected = tuple(v for v in self.select.value if v in {a for _, a in options})
+        self._rendering = True
+        try:
+            self.select.options = options
+            self.select.value = selected
+        finally:
+            self._rendering = False
+
+    def _on_select(self, change: Any) -> None:
+        """A folder row selected: open or close it (folders are never part of a selection)."""
+        if self._rendering:
+            return
+        folders = [v for v in change["new"] if v.startswith("\0")]
+        if not folders:
+            return
+        for value in folders:
+            self._open ^= {value[1:]}
+        self._rendering = True
+        try:
+            self.select.value = tuple(v for v in change["new"] if not v.startswith("\0"))
+        finally:
+            self._rendering = False
+        self._render()
 
     @property
     def addresses(self) -> dict[str, str]:
