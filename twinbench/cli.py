@@ -27,6 +27,7 @@ BENCH_AREAS = {
     "mqtt": ["io_mqtt"],
     "opcua": ["io_opcua"],
     "twin": ["twin", "twin_whatif"],
+    "ui": ["ui"],
 }
 
 
