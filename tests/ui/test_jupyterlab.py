@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -75,6 +77,53 @@ PROGRESS_JS = """() => {
 }"""
 
 
+class Plant:
+    """``twinbench plant`` in a subprocess (its own interpreter and GIL), started without waiting:
+    :meth:`wait_ready` waits for its ready line. Like ``plant_process`` in tests/conftest.py, but
+    with a longer start timeout: it starts alongside JupyterLab on a loaded 2-core machine."""
+
+    def __init__(self, args: list[str]) -> None:
+        from twinbench.app import free_port
+
+        self.port = free_port()
+        self.opcua_url = f"opc.tcp://127.0.0.1:{self.port}/twinbench/plant"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "twinbench.cli", "plant", "--opcua-port", str(self.port),
+             "--mqtt", "none", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, text=True, env=env)
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True, name="plant-stdout").start()
+
+    def _read(self) -> None:  # drains stdout for the plant's whole life
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if line.strip() == "twinbench plant ready":
+                self.ready.set()
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.1):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the plant exited with code {self.proc.returncode} before it "
+                                   f"was ready; printed {self.lines}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the plant was not ready within {timeout} s; "
+                                   f"printed {self.lines}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
 class JupyterLab:
     """``jupyter lab`` in a subprocess serving `root`, loopback only, with a random token."""
 
@@ -95,8 +144,8 @@ class JupyterLab:
         full_env.update({"JUPYTER_CONFIG_DIR": str(config), "JUPYTER_RUNTIME_DIR": str(runtime),
                          "JUPYTERLAB_SETTINGS_DIR": str(config / "lab" / "user-settings"),
                          "JUPYTERLAB_WORKSPACES_DIR": str(config / "lab" / "workspaces"),
-                         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
-                                                                     os.environ.get("PYTHONPATH")]))})
+                         "PYTHONPATH": os.pathsep.join(
+                             filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
         full_env.update(env)
         self.log_path = log
         self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
@@ -141,26 +190,21 @@ class JupyterLab:
         self._log.close()
 
 
-def test_quickstart_runs_in_jupyterlab(browser, new_page, artifacts, plant_process, wait_until,
-                                       tmp_path):
+def test_quickstart_runs_in_jupyterlab(browser, new_page, artifacts, wait_until, tmp_path):
     t0 = time.monotonic()
     root = tmp_path / "notebooks"
     root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     artifacts.dir.mkdir(exist_ok=True)
-    from twinbench.app import free_port
-
-    # JupyterLab and the plant start side by side: the plant's port is chosen first, and the
-    # kernel inherits TWINBENCH_OPCUA_URL from JupyterLab's environment (as in test_tutorials,
-    # the plant runs at speedup 120; the notebook waits on conditions, not fixed times).
-    opcua_port = free_port()
-    opcua_url = f"opc.tcp://127.0.0.1:{opcua_port}/twinbench/plant"
+    # The plant and JupyterLab start side by side; the kernel inherits TWINBENCH_OPCUA_URL from
+    # JupyterLab's environment. As in test_tutorials the plant runs at speedup 120 (the notebook
+    # waits on conditions, not for fixed times).
     lab = plant = None
     try:
-        lab = JupyterLab(root, {"TWINBENCH_OPCUA_URL": opcua_url}, tmp_path / "jupyterlab.log")
-        plant = plant_process(["--speedup", "120", "--rate", "10", "--seed", "7"],
-                              port=opcua_port)
-        assert plant.opcua_url == opcua_url
+        plant = Plant(["--speedup", "120", "--rate", "10", "--seed", "7"])
+        lab = JupyterLab(root, {"TWINBENCH_OPCUA_URL": plant.opcua_url},
+                         tmp_path / "jupyterlab.log")
+        plant.wait_ready(90)
         plant_ready = time.monotonic() - t0
         wait_until(lab.answers, 90, "jupyter lab to answer on /api/status", interval=0.25)
         started = time.monotonic() - t0
@@ -172,28 +216,37 @@ def test_quickstart_runs_in_jupyterlab(browser, new_page, artifacts, plant_proce
         page.locator(".jp-Notebook .jp-CodeCell").last.wait_for(timeout=60_000)
         # the kernel has started and is idle (the toolbar shows "No Kernel" and an "idle"
         # indicator before the kernel is there: wait for its name and the status bar's "Idle")
-        page.wait_for_function(KERNEL_IDLE_JS, timeout=90_000, polling=250)
-        artifacts("jlab-1-opened", page)
+        try:
+            page.wait_for_function(KERNEL_IDLE_JS, timeout=90_000, polling=250)
+        finally:  # on a timeout too: the screenshot shows where it stood
+            artifacts("jlab-1-opened", page)
         opened = time.monotonic() - t0
 
         page.locator(".lm-MenuBar-item:has(.lm-MenuBar-itemLabel:text-is('Run'))").click()
         page.locator(".lm-Menu-item:has(.lm-Menu-itemLabel:text-is('Run All Cells'))").click()
-        handle = page.wait_for_function(PROGRESS_JS, timeout=120_000, polling=250)
-        progress = handle.json_value()
-        artifacts("jlab-2-ran", page)
+        try:
+            progress = page.wait_for_function(PROGRESS_JS, timeout=120_000,
+                                              polling=250).json_value()
+        finally:
+            artifacts("jlab-2-ran", page)
         ran = time.monotonic() - t0
 
         assert "errors" not in progress, "a cell raised:\n" + "\n\n".join(progress["errors"])
         outputs = page.locator(".jp-Notebook .jp-OutputArea").all_inner_texts()
         text = "\n".join(outputs)
         assert "Traceback" not in text, text[-3000:]
-        # what the notebook shows: the twin's state as an xarray Dataset (rich HTML repr), the
-        # wear estimate, the table and the twin stopped at the end
-        assert page.locator(".jp-Notebook .jp-RenderedHTMLCommon .xr-wrap").count() >= 1, text[-3000:]
-        assert "xarray.Dataset" in text
-        assert "estimated wear" in text and "(0 = new, 1 = worn out)" in text, text[-3000:]
+        # what the notebook shows: the running twin with its samples, its state as an xarray
+        # Dataset (rich HTML repr), the wear estimate, the last rows as a table, the twin stopped
+        html = ".jp-Notebook .jp-OutputArea .jp-RenderedHTMLCommon"
+        samples = [int(n) for n in re.findall(r"Twin pump\W+running; (\d+) samples", text)]
+        assert samples and max(samples) > 60, text[-3000:]  # the cell waited for > 60 samples
+        assert page.locator(f"{html} .xr-wrap").count() >= 1, text[-3000:]
+        assert "xarray.Dataset" in text, text[-3000:]
+        assert re.search(r"estimated wear\s+-?\d+\.\d{4} ± \d+\.\d{4}", text), text[-3000:]
+        table = page.locator(f"{html} table.dataframe")  # the pandas table of the last rows
+        assert table.count() == 1 and "speed_predicted" in table.inner_text(), text[-3000:]
         assert "twin running: False" in text, text[-3000:]
-        assert page.off_host.urls == [], f"the page asked for off-host resources: {page.off_host.urls}"
+        assert page.off_host.urls == [], f"off-host requests from the page: {page.off_host.urls}"
         assert page.errors == [], f"errors in the page: {page.errors}"
         print(f"\nplant ready at {plant_ready:.1f} s, jupyterlab answered at {started:.1f} s, "
               f"notebook open with an idle kernel at {opened:.1f} s, all {progress['cells']} "
