@@ -38,7 +38,10 @@ Figures (ratios higher-is-better, target 1):
     for its first 600 s (2000 rows, then it rolls over) and the twin's state buffer fills too:
     a soak shorter than that counts legitimate filling as growth.
 
-The CPU figure's record also holds the Voila server's and Chromium's share of a core, and the
+The refresh figure's record also holds the twin's intake (the header's sample count per second)
+and how old the newest plotted row is during the soak (``plot_lag_s_*``: the plant stamps its
+values with the wall clock at speedup 1), to tell a slow kernel from a slow page. The CPU
+figure's record also holds the Voila server's and Chromium's share of a core, and the
 ready figure's the time ``goto`` took (Voila answers once the notebook has run) and the time
 to the widgets.
 
@@ -138,6 +141,28 @@ HOOK_JS = """() => {
 
 COUNTS_JS = ("() => window.__tbBench ? [window.__tbBench.updates, window.__tbBench.rows, "
              "window.__tbBench.events] : [0, 0, 0]")
+
+
+# How old the newest plotted row is, in seconds (the plant stamps values with its simulated time,
+# which at speedup 1 is the wall clock of this machine): kernel, wire and page lag together.
+LAG_JS = """() => {
+  let newest = -Infinity;
+  if (window.Bokeh && window.Bokeh.documents)
+    for (const doc of window.Bokeh.documents)
+      for (const m of doc.all_models) {
+        if (typeof m.get_length !== "function" || !m.get_column) continue;
+        let c = null;
+        try { c = m.get_column("time"); } catch (e) { continue; }
+        if (c && c.length) newest = Math.max(newest, c[c.length - 1]);
+      }
+  return Number.isFinite(newest) ? (Date.now() - newest) / 1000 : null;
+}"""
+
+# The twin's sample count as the dashboard's header shows it ("N samples"), -1 if absent.
+SAMPLES_JS = """() => {
+  const m = /([0-9]+) samples/.exec(document.body.innerText);
+  return m ? Number(m[1]) : -1;
+}"""
 
 
 def _soak_seconds(quick: bool) -> float:
@@ -347,17 +372,20 @@ def _measure(soak: float, window: float, ready_timeout: float) -> dict[str, Any]
             # 2 and 3. refresh rate in the page, kernel CPU over the same window
             page.wait_for_timeout(1000)  # the hook sees whole stream events from here on
             ev0, rows0, raw0 = page.evaluate(COUNTS_JS)
+            n0 = page.evaluate(SAMPLES_JS)
             cpu0, vcpu0, bcpu0, w0 = (_cpu(kernels), _cpu([voila]), _cpu(browser_procs),
                                       time.monotonic())
             page.wait_for_timeout(window * 1000)
             ev1, rows1, raw1 = page.evaluate(COUNTS_JS)
+            n1 = page.evaluate(SAMPLES_JS)
             cpu1, vcpu1, bcpu1, w1 = (_cpu(kernels), _cpu([voila]), _cpu(browser_procs),
                                       time.monotonic())
             wall = w1 - w0
             res.update(window_s=wall, updates_per_s=(ev1 - ev0) / wall,
                        rows_per_s=(rows1 - rows0) / wall, events_per_s=(raw1 - raw0) / wall,
                        kernel_share=(cpu1 - cpu0) / wall, voila_share=(vcpu1 - vcpu0) / wall,
-                       browser_share=(bcpu1 - bcpu0) / wall)
+                       browser_share=(bcpu1 - bcpu0) / wall,
+                       twin_samples_per_s=(n1 - n0) / wall if min(n0, n1) >= 0 else None)
 
             # 4. memory soak: kernel RSS and the page's JS heap. A forced GC before every
             # sample would be cleaner but took 3-5 s of the page's main thread on a loaded
@@ -370,6 +398,7 @@ def _measure(soak: float, window: float, ready_timeout: float) -> dict[str, Any]
             kernel_mem: list[tuple[float, float]] = []
             page_mem: list[tuple[float, float]] = []
             page_gc: list[tuple[float, float]] = []
+            lags: list[float] = []
             s0 = time.monotonic()
             next_note = next_gc = s0 + 30.0
             ev_s0 = page.evaluate(COUNTS_JS)[0]
@@ -384,6 +413,9 @@ def _measure(soak: float, window: float, ready_timeout: float) -> dict[str, Any]
                 kernel_mem.append((now - s0, _rss(kernels)))
                 if (h := heap()) is not None:
                     page_mem.append((time.monotonic() - s0, float(h)))
+                with contextlib.suppress(Exception):
+                    if (lag := page.evaluate(LAG_JS)) is not None:
+                        lags.append(float(lag))
                 if now >= next_gc:
                     with contextlib.suppress(Exception):
                         cdp.send("HeapProfiler.collectGarbage")
@@ -401,6 +433,7 @@ def _measure(soak: float, window: float, ready_timeout: float) -> dict[str, Any]
             res["soak_updates_per_s"] = (page.evaluate(COUNTS_JS)[0] - ev_s0) / res["soak_s"]
             res["kernel_mem"], res["page_mem"] = kernel_mem, page_mem
             res["page_gc"] = page_gc
+            res["lags"] = lags
             res["page_errors"] = errors[:5]
         finally:
             if browser is not None:
@@ -472,6 +505,9 @@ def run(quick: bool = False) -> list[dict]:
                window_s=round(res["window_s"], 1), rows_per_s=res["rows_per_s"],
                plot_bin_limit_hz=plot_hz, soak_updates_per_s=res["soak_updates_per_s"],
                stream_events_per_s=res["events_per_s"], hooked_sources=res["hooked_sources"],
+               twin_samples_per_s=res["twin_samples_per_s"],
+               plot_lag_s_median=statistics.median(res["lags"]) if res["lags"] else None,
+               plot_lag_s_max=max(res["lags"]) if res["lags"] else None,
                page_errors=res["page_errors"],
                setup=setup),
         figure("ui_rows_per_second", res["rows_per_s"], "rows/s",
