@@ -309,8 +309,10 @@ def _thin(samples: list[tuple[float, float]], scale: float, n: int = 40) -> list
     return [[round(t, 1), round(v / scale, 2)] for t, v in samples[::step]]
 
 
-def _measure(soak: float, window: float, ready_timeout: float) -> dict[str, Any]:
-    """Plant, Voila, Chromium: the raw measurements (raises RuntimeError if the app fails)."""
+def _measure(soak: float, window: float, ready_timeout: float,
+             plot_timeout: float) -> dict[str, Any]:
+    """Plant, Voila, Chromium: the raw measurements (raises RuntimeError if the app fails).
+    `ready_timeout`: seconds for the widgets and header; `plot_timeout`: then for the plot."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -330,6 +332,10 @@ def _measure(soak: float, window: float, ready_timeout: float) -> dict[str, Any]
             page = ctx.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)[:300]))
+            # console errors too: a patch the page cannot apply is logged there, not thrown
+            console: list[str] = []
+            page.on("console", lambda msg: msg.type == "error" and len(console) < 200
+                    and console.append(msg.text[:300]))
 
             # 1. page ready: widgets visible, the live header, the first plot rows
             t0 = time.monotonic()
@@ -354,7 +360,8 @@ def _measure(soak: float, window: float, ready_timeout: float) -> dict[str, Any]
             # A plot that stays blank (seen under load) is a missed figure, not a failed run:
             # the refresh, CPU and memory figures still say what they can.
             try:
-                page.wait_for_function(f"({POINT_COUNT_JS})() > 0", timeout=left(), polling=20)
+                page.wait_for_function(f"({POINT_COUNT_JS})() > 0", timeout=plot_timeout * 1000,
+                                       polling=20)
                 res["ready_s"] = time.monotonic() - t0
             except PlaywrightError:
                 res["ready_s"] = None
@@ -435,6 +442,7 @@ def _measure(soak: float, window: float, ready_timeout: float) -> dict[str, Any]
             res["page_gc"] = page_gc
             res["lags"] = lags
             res["page_errors"] = errors[:5]
+            res["console_errors"] = console
         finally:
             if browser is not None:
                 with contextlib.suppress(Exception):
@@ -466,7 +474,8 @@ def run(quick: bool = False) -> list[dict]:
         return _unmeasured(missing)
     _progress(f"plant + Voila + Chromium; refresh window {window:g} s, soak {soak:g} s")
     try:
-        res = _measure(soak, window, ready_timeout=120.0)
+        res = _measure(soak, window, ready_timeout=60.0 if quick else 120.0,
+                       plot_timeout=20.0 if quick else 60.0)
     except (RuntimeError, OSError, TimeoutError) as exc:
         return _unmeasured(f"dashboard unavailable: {exc}")
 
@@ -493,7 +502,7 @@ def run(quick: bool = False) -> list[dict]:
 
     ready = res["ready_s"]
     ready_extra = {} if ready is not None else {
-        "note": "widgets shown but the plot drew no rows within the timeout"}
+        "note": f"widgets shown but the plot drew no rows {20 if quick else 60} s later"}
     return [
         figure("ui_page_ready", ready, "s",
                f"goto -> widgets + header + first plot rows, target < {READY_TARGET_S:g} s",
@@ -509,6 +518,8 @@ def run(quick: bool = False) -> list[dict]:
                plot_lag_s_median=statistics.median(res["lags"]) if res["lags"] else None,
                plot_lag_s_max=max(res["lags"]) if res["lags"] else None,
                page_errors=res["page_errors"],
+               console_errors=len(res["console_errors"]),
+               console_errors_first=res["console_errors"][:3],
                setup=setup),
         figure("ui_rows_per_second", res["rows_per_s"], "rows/s",
                f"plot rows reaching the page (the plant ticks at {PLANT_RATE:g} Hz)", None,
