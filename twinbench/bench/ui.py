@@ -520,7 +520,7 @@ def run(quick: bool = False) -> list[dict]:
                page_errors=res["page_errors"],
                console_errors=len(res["console_errors"]),
                console_errors_first=res["console_errors"][:3],
-               setup=setup),
+               setup=setup, **({"note": "the plot stayed blank"} if ready is None else {})),
         figure("ui_rows_per_second", res["rows_per_s"], "rows/s",
                f"plot rows reaching the page (the plant ticks at {PLANT_RATE:g} Hz)", None,
                None, window_s=round(res["window_s"], 1)),
