@@ -68,6 +68,8 @@ def dashboard(browser, dashboard_app, artifacts):
         (artifacts.dir / "voila-console.txt").write_text("\n".join(page.console))
     page.ready_s = time.monotonic() - t0
     yield page
+    # everything the page logged while the module's tests ran, for a failure's post-mortem
+    (artifacts.dir / "voila-console.txt").write_text("\n".join(page.console))
     ctx.close()
 
 

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, Span
+from bokeh.models import ColumnDataSource, CustomJS, Span
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from jupyter_bokeh import BokehModel
@@ -143,12 +144,19 @@ class LivePlot:
         Refresh rate.
     max_points : int, default 2000
         Most rows kept per source.
+    max_unacked : int, default 2
+        Updates sent to the page and not yet painted there, at most (see Notes).
 
     Notes
     -----
     Stream events sent before a browser view exists are lost, so the plot resends its whole
     window when a view attaches (it watches the widgets' view count) and when it is displayed
     with ``display(plot)``; call :meth:`refresh` after displaying ``plot.widget`` elsewhere.
+
+    Flow control: each view acknowledges every update once it has painted it, and while a
+    view is displayed the plot keeps at most `max_unacked` updates in flight. A page that falls
+    behind (a busy or slow machine, a hidden tab) then gets fewer, larger updates instead of a
+    backlog that would also hold up every other widget's messages behind it.
 
     Examples
     --------
@@ -162,7 +170,8 @@ class LivePlot:
     """
 
     def __init__(self, twin: Any, variables: Sequence[str] | None = None, *,
-                 window: float = 600.0, rate_hz: float = 10.0, max_points: int = 2000) -> None:
+                 window: float = 600.0, rate_hz: float = 10.0, max_points: int = 2000,
+                 max_unacked: int = 2) -> None:
         if not hasattr(twin, "model") or not hasattr(twin, "state"):
             raise TypeError(f"twin: expected a twinbench Twin, got {type(twin).__name__}")
         if not (isinstance(window, (int, float)) and window > 0):
@@ -171,7 +180,10 @@ class LivePlot:
             raise ValueError(f"rate_hz: expected a rate in (0, 60], got {rate_hz!r}")
         if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 10:
             raise ValueError(f"max_points: expected an int >= 10, got {max_points!r}")
+        if isinstance(max_unacked, bool) or not isinstance(max_unacked, int) or max_unacked < 1:
+            raise ValueError(f"max_unacked: expected an int >= 1, got {max_unacked!r}")
         self.twin = twin
+        self.max_unacked = max_unacked
         variables = list(getattr(twin, "measured", []) if variables is None else variables)
         if isinstance(variables, str) or not variables:
             raise ValueError("variables: expected a non-empty sequence of model variable names")
@@ -247,6 +259,18 @@ class LivePlot:
         # One Bokeh document for all figures: they share the source and the x range, and a
         # Bokeh model can belong to one document only.
         self.layout = column(self._all_figures(), sizing_mode="stretch_width")
+        # The page's acknowledgement: after painting an update, each view writes the update's
+        # sequence number into the layout's tags, which comes back to the kernel as a change.
+        self._sent_seq = 0
+        self._acked_seq = 0
+        self._acked_at = 0.0
+        self.source.tags = [0]
+        self.source.js_on_change("streaming", CustomJS(args={"source": self.source,
+                                                             "layout": self.layout},
+                                                       code=_ACK_JS))
+        self.source.js_on_change("data", CustomJS(args={"source": self.source,
+                                                        "layout": self.layout}, code=_ACK_JS))
+        self.layout.on_change("tags", self._on_ack)
         self.model = BokehModel(self.layout)
         # ipywidgets counts views only when asked to (None: not tracked).
         with contextlib.suppress(Exception):
@@ -305,13 +329,17 @@ class LivePlot:
             self._last_ns = t_end
         else:
             rows = {k: np.empty(0) for k in self.source.data}
+        self._next_seq()
         self.source.data = {k: rows[k][-self.max_points:] for k in self.source.data}
 
     def update(self) -> int:
-        """Stream the rows the twin added since the last update; returns the rows sent."""
+        """Stream the rows the twin added since the last update; returns the rows sent (0 also
+        while the page has not painted the earlier updates: the rows wait for the next tick)."""
         if self._last_ns is None:
             self.refresh()
             return self.point_count
+        if self.waiting_for_page:
+            return 0
         ds = state_window(self.twin, self._last_ns + 1)
         n = ds.sizes.get("time", 0)
         if not n:
@@ -320,8 +348,45 @@ class LivePlot:
         rows, self._last_bin = self._rows(ds, self._last_bin)
         sent = len(rows["time"])
         if sent:
-            self.source.stream(rows, rollover=self.max_points)
+            self._next_seq()
+            # A tick's few rows go as JSON lists: one message instead of one per column buffer.
+            small = {k: v.tolist() for k, v in rows.items()} if sent <= 64 else rows
+            self.source.stream(small, rollover=self.max_points)
         return sent
+
+    # -- flow control --------------------------------------------------------------------------
+
+    #: Seconds without an acknowledgement after which the plot streams again anyway (a view
+    #: closed without telling, a front end that runs no JavaScript).
+    ACK_TIMEOUT = 5.0
+
+    def _next_seq(self) -> None:
+        self._sent_seq += 1
+        self.source.tags = [self._sent_seq]  # the number the page sends back once painted
+        if self._acked_seq >= self._sent_seq - 1:
+            self._acked_at = time.monotonic()  # the timeout counts from the first one unacked
+
+    def _on_ack(self, attr: str, old: Any, new: Any) -> None:
+        try:
+            seq = int(new[0])
+        except (TypeError, ValueError, IndexError):
+            return
+        if seq > self._acked_seq:
+            self._acked_seq = min(seq, self._sent_seq)
+            self._acked_at = time.monotonic()
+
+    @property
+    def unacked(self) -> int:
+        """Updates sent that no view has reported painted yet."""
+        return self._sent_seq - self._acked_seq
+
+    @property
+    def waiting_for_page(self) -> bool:
+        """Whether the next update waits for the page (views attached, `max_unacked` updates in
+        flight, the last acknowledgement less than ``ACK_TIMEOUT`` seconds ago)."""
+        views = getattr(self.model, "_view_count", None) or 0
+        return (views > 0 and self.unacked >= self.max_unacked
+                and time.monotonic() - self._acked_at < self.ACK_TIMEOUT)
 
     @property
     def point_count(self) -> int:
@@ -372,6 +437,17 @@ class LivePlot:
         load_bokeh()
         self.refresh()
         display(self._widget)
+
+
+# Runs in the page after BokehJS applied a stream (or a new window): once the frame is painted
+# (the timeout after the next animation frame), the page writes the update's number into the
+# layout's tags; jupyter_bokeh sends that change to the kernel, where LivePlot._on_ack reads it.
+_ACK_JS = """
+const seq = source.tags.length ? source.tags[0] : 0;
+requestAnimationFrame(() => setTimeout(() => {
+  if (!layout.tags.length || layout.tags[0] < seq) layout.tags = [seq];
+}, 0));
+"""
 
 
 def _noise_std(twin: Any, measured: Sequence[str]) -> dict[str, float]:
