@@ -63,6 +63,40 @@ def test_import_twinbench_stays_light():
     assert out.stdout.strip() == "[]"
 
 
+def test_live_plot_waits_for_the_page_to_paint(recording):
+    """With a view attached, at most max_unacked updates are in flight; the page's
+    acknowledgement (the layout's tags, set by the CustomJS and synced back by jupyter_bokeh)
+    lets the next one go, and a page that never answers is given up on after ACK_TIMEOUT."""
+    twin = replay_twin(recording)
+    plot = ui.LivePlot(twin, MEASURED, max_unacked=2)
+    rows = []
+
+    async def feed():
+        await twin.source.start()
+        rows.extend([b async for b in twin.source.batches()])
+
+    asyncio.run(feed())
+    from twinbench.io.batch import concat
+
+    chunks = iter(np.array_split(np.arange(len(concat(rows))), 20))
+    data = concat(rows)
+
+    def tick():
+        twin.process(data.take(next(chunks)))
+        return plot.update()
+
+    assert tick() > 0  # no view yet: the window goes out
+    plot.model._view_count = 1  # a view attaches: it gets the window again
+    assert plot.unacked == 2 and plot.waiting_for_page
+    assert tick() == 0  # two updates in flight: the rows wait
+    plot.layout.tags = [plot._sent_seq]  # the page painted them (as jupyter_bokeh syncs it)
+    assert plot.unacked == 0 and tick() > 0 and tick() > 0 and tick() == 0
+    plot._acked_at -= plot.ACK_TIMEOUT  # a page that stopped answering is not waited for
+    assert tick() > 0
+    with pytest.raises(ValueError, match="max_unacked"):
+        ui.LivePlot(twin, MEASURED, max_unacked=0)
+
+
 def test_live_plot_streams_decimates_and_starts_once(recording):
     twin = replay_twin(recording)
     plot = ui.LivePlot(twin, [*MEASURED, "wear"], window=3 * 3600.0, rate_hz=50.0,
@@ -71,6 +105,10 @@ def test_live_plot_streams_decimates_and_starts_once(recording):
     assert set(plot.figures) == {"rpm", "m3/h", "degC", "mm/s", "A", "kW", "1"}
     assert plot.residual_figure is not None and plot.alarm_figure is not None
     assert plot.point_count == 0
+
+    # a view is attached (what the front end reports); acknowledgements: see the next test
+    plot.model._view_count = 1
+    plot.max_unacked = 10**6
 
     async def main():
         plot.start()
@@ -101,7 +139,7 @@ def test_live_plot_streams_decimates_and_starts_once(recording):
     assert np.all(data["wear_lo"] <= data["wear"]) and np.all(data["wear"] <= data["wear_hi"])
     # a view attaching late gets the whole current window
     plot.source.data = {k: [] for k in plot.source.data}
-    plot.model._view_count = 1
+    plot.model._view_count = 2  # another view
     assert 0 < plot.point_count <= 40
     assert plot.source.data["time"][-1] == pytest.approx(
         twin.state.time.values[-1].astype("datetime64[ns]").astype(np.int64) / 1e6)
@@ -142,6 +180,7 @@ def test_maintenance_panel_kpis_and_dashboard_starts_once(recording, tmp_path):
     dash = ui.Dashboard(twin, title="Pump 1", plot_variables=["speed", "vibration"], kpis=kpis,
                         rate_hz=20.0)
     assert type(dash.widget).__name__ == "AppLayout" and not dash.control.enabled
+    dash.plot.model._view_count = 1  # shown in a page (the plot streams only to views)
 
     async def main():
         await feed(twin, parts=4)

@@ -399,7 +399,11 @@ class LivePlot:
         period = 1.0 / self.rate_hz
         while True:
             try:
-                self.update()
+                # With no view attached the stream would be lost, or (in Voila, while the page
+                # loads) queued for the page to wade through: a view that attaches gets the
+                # whole window instead.
+                if getattr(self.model, "_view_count", None) != 0:
+                    self.update()
             except Exception:  # a bad tick is logged; the plot keeps going
                 _logger.exception("LivePlot: update failed")
             await asyncio.sleep(period)
