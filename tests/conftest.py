@@ -227,15 +227,15 @@ class PlantProcess:
 
 @pytest.fixture
 def plant_process() -> Iterator[Callable[..., PlantProcess]]:
-    """``plant_process(args=(), port=None, env=None)`` -> a started :class:`PlantProcess`;
-    killed at teardown if still running."""
+    """``plant_process(args=(), port=None, env=None, timeout=30)`` -> a started
+    :class:`PlantProcess` (`timeout` for its ready line); killed at teardown if still running."""
     made: list[PlantProcess] = []
 
     def make(args: Sequence[str] = (), port: int | None = None,
-             env: dict[str, str] | None = None) -> PlantProcess:
+             env: dict[str, str] | None = None, timeout: float = 30.0) -> PlantProcess:
         p = PlantProcess(port, args, env)
         made.append(p)
-        p.start()
+        p.start(timeout)
         return p
 
     try:
