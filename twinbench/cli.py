@@ -128,14 +128,15 @@ def _record(args: argparse.Namespace) -> int:
         if not entries:
             raise ValueError("--tag/--tags: expected at least one tag")
         options: dict = {}
+        if args.max_clock_skew is not None:
+            options["max_clock_skew"] = args.max_clock_skew
         if kind == "mqtt":
             if args.time_field:
-                options = {"time_field": args.time_field, "time_format": args.time_format}
+                options.update(time_field=args.time_field, time_format=args.time_format)
         else:
             if args.time_field:
                 raise ValueError("--time-field: OPC-UA samples carry their SourceTimestamp")
-            options = {"security": args.security,
-                       "publishing_interval": args.publishing_interval}
+            options.update(security=args.security, publishing_interval=args.publishing_interval)
         source = connect(args.url, tag_map(entries, scheme=kind), **options)
         ds = record(source, args.duration, args.out, max_samples=args.max_samples)
     except (ValueError, TypeError, KeyError, LookupError, OSError, ImportError) as exc:
@@ -236,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OPC-UA: Basic256Sha256 Sign or SignAndEncrypt (default none)")
     r.add_argument("--publishing-interval", type=float, default=100.0, metavar="MS",
                    help="OPC-UA: publishing and sampling interval in ms (default 100)")
+    r.add_argument("--max-clock-skew", type=float, default=None, metavar="SECONDS",
+                   help="sample times further ahead of the receive time are replaced by it and "
+                        "flagged (default: the source's, 3600 OPC-UA, 300 MQTT); a plant run "
+                        "with --speedup runs its clock ahead: raise this to keep its times")
     r.add_argument("--out", required=True, metavar="FILE.nc|FILE.zarr",
                    help="output file: NetCDF3 (.nc) or Zarr (.zarr)")
     r.set_defaults(func=_record)
