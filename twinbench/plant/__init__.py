@@ -12,6 +12,8 @@ pump, and a wind turbine if asked, and serves them:
   ``Bench.Tag0000``... for the I/O benchmark.
 - MQTT telemetry ``plant/pump1/telemetry`` as JSON ``{"ts", "seq", <outputs>}``, commands on
   ``plant/pump1/command`` acknowledged on ``plant/pump1/ack``.
+- ``--classroom N`` (:class:`Classroom`): N independent plants on consecutive OPC-UA ports, one
+  per student, seeds ``seed + i``, MQTT topics ``plant/studentNN/pump1/...`` on one broker.
 - Faults: ``bearing_wear[:factor]``, ``drift:<tag>:<rate/h>``, ``stuck:<tag>``,
   ``dropout:<tag>``, ``comm_loss[:seconds]``.
 
@@ -20,7 +22,9 @@ Nothing here imports a UI library; ``import twinbench`` does not import this pac
 
 from __future__ import annotations
 
+from twinbench.plant._classroom import MAX_STUDENTS, Classroom
 from twinbench.plant._faults import FAULT_KINDS, Fault, format_faults, parse_faults
 from twinbench.plant._plant import Plant, run_plant
 
-__all__ = ["FAULT_KINDS", "Fault", "Plant", "format_faults", "parse_faults", "run_plant"]
+__all__ = ["FAULT_KINDS", "MAX_STUDENTS", "Classroom", "Fault", "Plant", "format_faults",
+           "parse_faults", "run_plant"]

@@ -23,10 +23,11 @@ __all__ = ["PlantMqtt", "topics"]
 _logger = logging.getLogger("twinbench.plant")
 
 
-def topics(asset_key: str) -> dict[str, str]:
-    """The telemetry, command and ack topics of an asset (``"pump1"``)."""
-    return {"telemetry": f"plant/{asset_key}/telemetry", "command": f"plant/{asset_key}/command",
-            "ack": f"plant/{asset_key}/ack"}
+def topics(asset_key: str, prefix: str = "plant") -> dict[str, str]:
+    """The telemetry, command and ack topics of an asset (``"pump1"``) under `prefix`
+    (``"plant"``; a classroom gives each student's plant its own, ``"plant/student03"``)."""
+    return {"telemetry": f"{prefix}/{asset_key}/telemetry",
+            "command": f"{prefix}/{asset_key}/command", "ack": f"{prefix}/{asset_key}/ack"}
 
 
 class PlantMqtt:
@@ -34,7 +35,7 @@ class PlantMqtt:
 
     def __init__(self, url: str, assets: list[AssetSim], *, qos: int,
                  on_command: Callable[[AssetSim, str, Any], Awaitable[Any]],
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, prefix: str = "plant") -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "mqtt" or not parts.hostname:
             raise ValueError(f"mqtt: expected mqtt://host[:port], 'auto' or 'none', got {url!r}")
@@ -47,10 +48,11 @@ class PlantMqtt:
         self.qos = qos
         self.on_command = on_command
         self.connect_timeout = connect_timeout
+        self.prefix = prefix
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = threading.Event()
-        self._command_topics = {topics(k)["command"]: k for k in self.assets}
+        self._command_topics = {topics(k, prefix)["command"]: k for k in self.assets}
         self.published = 0
         self.commands = 0
 
@@ -123,7 +125,7 @@ class PlantMqtt:
             _logger.info("mqtt command rejected: %s", exc)
             ack = {"id": command_id, "ok": False, "error": str(exc)}
         if command_id is not None and self._client is not None:
-            self._client.publish(topics(key)["ack"], orjson.dumps(ack), qos=1)
+            self._client.publish(topics(key, self.prefix)["ack"], orjson.dumps(ack), qos=1)
 
     def publish(self, asset: AssetSim, reading: Reading) -> None:
         """Publish one tick's telemetry (nothing while communication is lost)."""
@@ -136,7 +138,7 @@ class PlantMqtt:
         for tag, value in reading.values.items():
             if reading.status[tag] is None:
                 msg[tag] = value
-        client.publish(topics(asset.key)["telemetry"], orjson.dumps(msg), qos=self.qos)
+        client.publish(topics(asset.key, self.prefix)["telemetry"], orjson.dumps(msg), qos=self.qos)
         self.published += 1
 
     async def stop(self) -> None:

@@ -73,6 +73,9 @@ class Plant:
     mqtt_qos : int
         QoS of the telemetry (0 default: at 10 Hz a lost sample is replaced 0.1 s later);
         commands and acknowledgements always use QoS 1.
+    topic_prefix : str
+        First levels of the MQTT topics (``"plant"``: ``plant/pump1/telemetry``); plants sharing
+        a broker need different ones (a classroom uses ``plant/student03``).
 
     Examples
     --------
@@ -86,7 +89,8 @@ class Plant:
                  faults: str | Iterable[str] = (), seed: int = 0, speedup: float = 1.0,
                  rate: float = 10.0, bench_tags: int = 0, bench_rate: float = 10.0,
                  security: Iterable[str] = ("none",), users: Mapping[str, str] | None = None,
-                 state_dir: str | Path | None = None, mqtt_qos: int = 0) -> None:
+                 state_dir: str | Path | None = None, mqtt_qos: int = 0,
+                 topic_prefix: str = "plant") -> None:
         self.host = str(host)
         if isinstance(opcua_port, bool) or not isinstance(opcua_port, int) \
                 or not 0 <= opcua_port <= 65535:
@@ -123,6 +127,11 @@ class Plant:
         if mqtt_qos not in (0, 1, 2):
             raise ValueError(f"mqtt_qos: expected 0, 1 or 2, got {mqtt_qos!r}")
         self.mqtt_qos = mqtt_qos
+        if not isinstance(topic_prefix, str) or not topic_prefix.strip("/") \
+                or any(c in topic_prefix for c in "+#"):
+            raise ValueError(f"topic_prefix: expected MQTT topic levels such as 'plant', without "
+                             f"wildcards, got {topic_prefix!r}")
+        self.topic_prefix = topic_prefix.strip("/")
         self.assets: list[AssetSim] = [make_asset("pump", self.seed)]
         if self.wind:
             self.assets.append(make_asset("wind", self.seed))
@@ -160,7 +169,8 @@ class Plant:
         ...}}`` (empty without MQTT)."""
         from twinbench.plant._mqtt import topics
 
-        return {a.key: topics(a.key) for a in self.assets} if self._mqtt is not None else {}
+        return ({a.key: topics(a.key, self.topic_prefix) for a in self.assets}
+                if self._mqtt is not None else {})
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -197,7 +207,7 @@ class Plant:
                 from twinbench.plant._mqtt import PlantMqtt
 
                 mqtt = PlantMqtt(mqtt_url, self.assets, qos=self.mqtt_qos,
-                                 on_command=self._on_mqtt_command)
+                                 on_command=self._on_mqtt_command, prefix=self.topic_prefix)
                 await mqtt.start()
                 self._mqtt = mqtt
             loop = asyncio.get_running_loop()
@@ -312,17 +322,24 @@ class Plant:
             broker = f"; broker {self._broker.kind} started by the plant" if self._broker else ""
             topics = ", ".join(t["telemetry"] for t in self.topics.values())
             lines.append(f"mqtt {self.mqtt_url} (telemetry {topics}; commands "
-                         f"plant/<asset>/command, acks plant/<asset>/ack{broker})")
+                         f"{self.topic_prefix}/<asset>/command, acks "
+                         f"{self.topic_prefix}/<asset>/ack{broker})")
         return lines
 
 
-def run_plant(**options: Any) -> int:
-    """Run a :class:`Plant` until SIGINT or SIGTERM; print the endpoints and
-    ``twinbench plant ready`` when ready. Returns 0 after a clean stop.
+def run_plant(classroom: int | None = None, **options: Any) -> int:
+    """Run a :class:`Plant` (or, with `classroom`, a
+    :class:`~twinbench.plant._classroom.Classroom` of that many plants) until SIGINT or SIGTERM;
+    print the endpoints and ``twinbench plant ready`` when ready. Returns 0 after a clean stop.
 
     Takes the keyword arguments of :class:`Plant`.
     """
-    plant = Plant(**options)
+    if classroom is not None:
+        from twinbench.plant._classroom import Classroom
+
+        served: Any = Classroom(classroom, **options)
+    else:
+        served = Plant(**options)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -333,13 +350,13 @@ def run_plant(**options: Any) -> int:
             except (NotImplementedError, RuntimeError):  # not the main thread / Windows
                 pass
         try:
-            await plant.start()
-            for line in plant.describe():
+            await served.start()
+            for line in served.describe():
                 print(line, flush=True)
             print("twinbench plant ready", flush=True)
             await stop.wait()
         finally:
-            await plant.stop()
+            await served.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
                     loop.remove_signal_handler(sig)
