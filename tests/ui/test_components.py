@@ -65,7 +65,7 @@ def test_import_twinbench_stays_light():
 
 def test_live_plot_waits_for_the_page_to_paint(recording):
     """With a view attached, at most max_unacked updates are in flight; the page's
-    acknowledgement (the layout's tags, set by the CustomJS and synced back by jupyter_bokeh)
+    acknowledgement (an ack model's tags, set by the CustomJS and synced back by jupyter_bokeh)
     lets the next one go, and a page that never answers is given up on after ACK_TIMEOUT."""
     twin = replay_twin(recording)
     plot = ui.LivePlot(twin, MEASURED, max_unacked=2)
@@ -89,7 +89,7 @@ def test_live_plot_waits_for_the_page_to_paint(recording):
     plot.model._view_count = 1  # a view attaches: it gets the window again
     assert plot.unacked == 2 and plot.waiting_for_page
     assert tick() == 0  # two updates in flight: the rows wait
-    plot.layout.tags = [plot._sent_seq]  # the page painted them (as jupyter_bokeh syncs it)
+    plot._ack.tags = [plot._sent_seq]  # the page painted them (as jupyter_bokeh syncs it)
     assert plot.unacked == 0 and tick() > 0 and tick() > 0 and tick() == 0
     plot._acked_at -= plot.ACK_TIMEOUT  # a page that stopped answering is not waited for
     assert tick() > 0

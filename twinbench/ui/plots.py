@@ -260,17 +260,17 @@ class LivePlot:
         # Bokeh model can belong to one document only.
         self.layout = column(self._all_figures(), sizing_mode="stretch_width")
         # The page's acknowledgement: after painting an update, each view writes the update's
-        # sequence number into the layout's tags, which comes back to the kernel as a change.
+        # sequence number into the tags of a model that draws nothing (a property change of
+        # the layout would lay out every figure again), which comes back to the kernel.
         self._sent_seq = 0
         self._acked_seq = 0
         self._acked_at = 0.0
         self.source.tags = [0]
-        self.source.js_on_change("streaming", CustomJS(args={"source": self.source,
-                                                             "layout": self.layout},
-                                                       code=_ACK_JS))
-        self.source.js_on_change("data", CustomJS(args={"source": self.source,
-                                                        "layout": self.layout}, code=_ACK_JS))
-        self.layout.on_change("tags", self._on_ack)
+        self._ack = CustomJS(code="", tags=[0])
+        for event in ("streaming", "data"):
+            self.source.js_on_change(event, CustomJS(args={"source": self.source,
+                                                           "ack": self._ack}, code=_ACK_JS))
+        self._ack.on_change("tags", self._on_ack)
         self.model = BokehModel(self.layout)
         # ipywidgets counts views only when asked to (None: not tracked).
         with contextlib.suppress(Exception):
@@ -445,11 +445,11 @@ class LivePlot:
 
 # Runs in the page after BokehJS applied a stream (or a new window): once the frame is painted
 # (the timeout after the next animation frame), the page writes the update's number into the
-# layout's tags; jupyter_bokeh sends that change to the kernel, where LivePlot._on_ack reads it.
+# ack model's tags; jupyter_bokeh sends that change to the kernel (LivePlot._on_ack).
 _ACK_JS = """
 const seq = source.tags.length ? source.tags[0] : 0;
 requestAnimationFrame(() => setTimeout(() => {
-  if (!layout.tags.length || layout.tags[0] < seq) layout.tags = [seq];
+  if (!ack.tags.length || ack.tags[0] < seq) ack.tags = [seq];
 }, 0));
 """
 
