@@ -161,7 +161,8 @@ def test_setpoint_lowest_within_a_step():
     proj = projection([2000.0, 2200.0, 2400.0])
     kw = {"lowest": True, "step_rpm": 200.0}
     assert check_setpoint(proj, 2200.0, LIMITS, **kw).passed     # 2000 breaks the flow
-    not_lowest = check_setpoint(proj, 2400.0, LIMITS, **kw)      # 2200 would do
+    flow_only = {"flow_rate": (80.0, None)}
+    not_lowest = check_setpoint(proj, 2400.0, flow_only, **kw)   # 2200 would do
     assert not not_lowest.passed and "go lower" in not_lowest.message
     missing = check_setpoint(projection([2200.0]), 2200.0, LIMITS, **kw)
     assert not missing.passed and "Add 2000 rpm" in missing.message
