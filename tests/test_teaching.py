@@ -159,13 +159,25 @@ def test_setpoint_good_and_bad_answers():
 
 def test_setpoint_lowest_within_a_step():
     proj = projection([2000.0, 2200.0, 2400.0])
-    kw = {"lowest": True, "step_rpm": 200.0}
+    kw = {"best": "lowest", "step_rpm": 200.0}
     assert check_setpoint(proj, 2200.0, LIMITS, **kw).passed     # 2000 breaks the flow
     flow_only = {"flow_rate": (80.0, None)}
     not_lowest = check_setpoint(proj, 2400.0, flow_only, **kw)   # 2200 would do
     assert not not_lowest.passed and "go lower" in not_lowest.message
     missing = check_setpoint(projection([2200.0]), 2200.0, LIMITS, **kw)
     assert not missing.passed and "Add 2000 rpm" in missing.message
+
+
+def test_setpoint_highest_within_a_step():
+    proj = projection([2200.0, 2300.0, 2400.0, 2800.0])
+    kw = {"best": "highest", "step_rpm": 100.0}
+    vib_only = {"vibration": (None, 4.5)}
+    # vibration after 2 h: 2.5 + 2 (sp/2400)^2 mm/s (+-5 %): 4.34 at 2300 rpm, 4.5 at 2400
+    assert check_setpoint(proj, 2300.0, vib_only, **kw).passed
+    too_low = check_setpoint(proj, 2200.0, vib_only, **kw)
+    assert not too_low.passed and "go higher" in too_low.message
+    with pytest.raises(ValueError, match="best"):
+        check_setpoint(proj, 2200.0, vib_only, best="cheapest")
 
 
 def test_setpoint_mirror_is_not_an_answer_and_bad_input_raises():

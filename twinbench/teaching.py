@@ -281,15 +281,16 @@ def check_earlier_detection(signal: Any, fault_time: Any, detector: Any,
 
 def check_setpoint(projection: Any, speed_setpoint_rpm: float,
                    limits: dict[str, tuple[float | None, float | None]], *,
-                   confidence: float = 0.9, lowest: bool = False,
+                   confidence: float = 0.9, best: str | None = None,
                    step_rpm: float = 100.0) -> CheckResult:
     """Does the projection at `speed_setpoint_rpm` keep every limit until the horizon?
 
     Judge a what-if projection (``twin.whatif(..., changes={"speed_setpoint": [...]})``): the
     scenarios at the answer's setpoint pass when at least `confidence` of them keep every limit
-    over the whole horizon. With ``lowest=True`` the answer must also be the cheapest such
+    over the whole horizon. With ``best="lowest"`` the answer must also be the cheapest such
     setpoint to within `step_rpm`: the projection must hold ``speed_setpoint_rpm - step_rpm``
-    too, and that one must fail.
+    too, and that one must fail (``best="highest"``: the most productive, ``+ step_rpm``
+    fails).
 
     Parameters
     ----------
@@ -303,10 +304,11 @@ def check_setpoint(projection: Any, speed_setpoint_rpm: float,
         ``{"flow_rate": (80.0, None), "vibration": (None, 4.5)}``.
     confidence : float
         Share of the answer's scenarios that must keep the limits (0.9: nine in ten).
-    lowest : bool
-        Also require the answer to be the lowest setpoint (within `step_rpm`) that passes.
+    best : {None, "lowest", "highest"}
+        Also require the answer to be the lowest (highest) setpoint, within `step_rpm`, that
+        passes.
     step_rpm : float
-        The resolution asked for with `lowest`.
+        The resolution asked for with `best`.
 
     Returns
     -------
@@ -321,7 +323,7 @@ def check_setpoint(projection: Any, speed_setpoint_rpm: float,
     >>> flow = np.outer(sp / 26.0, np.ones(5))           # m3/h over 5 times
     >>> proj = xr.Dataset({"flow_rate": (("scenario", "time"), flow),
     ...                    "speed_setpoint": ("scenario", sp)})
-    >>> check_setpoint(proj, 2200.0, {"flow_rate": (80.0, None)}, lowest=True, step_rpm=200.0)
+    >>> check_setpoint(proj, 2200.0, {"flow_rate": (80.0, None)}, best="lowest", step_rpm=200.0)
     PASS: at 2200 rpm 100 % of the projections keep every limit to the end of the horizon (needed 90 %); 2000 rpm breaks them: 2200 rpm is the lowest to within 200 rpm.
     >>> check_setpoint(proj, 2000.0, {"flow_rate": (80.0, None)}).passed
     False
@@ -337,6 +339,8 @@ def check_setpoint(projection: Any, speed_setpoint_rpm: float,
                              f"{', '.join(map(str, projection.data_vars))})")
     if not 0.0 < confidence <= 1.0:
         raise ValueError(f"confidence: expected a share in (0, 1], got {confidence!r}")
+    if best not in (None, "lowest", "highest"):
+        raise ValueError(f"best: expected None, 'lowest' or 'highest', got {best!r}")
     answer = float(speed_setpoint_rpm)
     body = projection.isel(scenario=slice(1, None))  # scenario 0 mirrors "nothing changes"
     setpoints = np.asarray(body["speed_setpoint"].values, dtype=float)
@@ -376,15 +380,17 @@ def check_setpoint(projection: Any, speed_setpoint_rpm: float,
                                   "lower one.", details)
     msg = (f"at {answer:.0f} rpm {100 * share:.0f} % of the projections keep every limit to the "
            f"end of the horizon ({need})")
-    if lowest:
-        below = answer - step_rpm
-        if not np.isclose(setpoints, below).any():
-            return CheckResult(False, f"FAIL: {msg}, but is it the lowest? Add {below:.0f} rpm "
-                                      "to the projection's setpoints to show it is not enough.",
+    if best is not None:
+        lower = best == "lowest"
+        other = answer - step_rpm if lower else answer + step_rpm
+        if not np.isclose(setpoints, other).any():
+            return CheckResult(False, f"FAIL: {msg}, but is it the {best}? Add {other:.0f} rpm "
+                                      "to the projection's setpoints to show it does not do.",
                                details)
-        if ok_of(below)[0].mean() >= confidence:
-            return CheckResult(False, f"FAIL: {msg}, but {below:.0f} rpm keeps them too: go "
-                                      "lower (cheaper).", details)
-        return CheckResult(True, f"PASS: {msg}; {below:.0f} rpm breaks them: {answer:.0f} rpm "
-                                 f"is the lowest to within {step_rpm:.0f} rpm.", details)
+        if ok_of(other)[0].mean() >= confidence:
+            return CheckResult(False, f"FAIL: {msg}, but {other:.0f} rpm keeps them too: go "
+                                      + ("lower (cheaper)." if lower else
+                                         "higher (more output)."), details)
+        return CheckResult(True, f"PASS: {msg}; {other:.0f} rpm breaks them: {answer:.0f} rpm "
+                                 f"is the {best} to within {step_rpm:.0f} rpm.", details)
     return CheckResult(True, f"PASS: {msg}.", details)
