@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 # Importing the kernel checks that its compiled part is built and says what to do if not.
-from twinbench import models
+from twinbench import datasets, models
 from twinbench.act import Condition, Limits, Rule, guarded_writer
 from twinbench.io import connect, replay
 from twinbench.kernel import (
@@ -57,6 +57,7 @@ __all__ = [
     # live equipment and recordings
     "connect",
     "replay",
+    "datasets",
     # the live twin
     "Twin",
     "SystemTwin",
