@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 # Importing the kernel checks that its compiled part is built and says what to do if not.
-from twinbench import datasets, models
+from twinbench import models
 from twinbench.act import Condition, Limits, Rule, guarded_writer
 from twinbench.io import connect, replay
 from twinbench.kernel import (
@@ -29,6 +29,16 @@ from twinbench.kernel import (
 from twinbench.maintenance import MaintenancePolicy, kpis
 from twinbench.scenario import calibrate, whatif
 from twinbench.twin import SystemTwin, Twin, run
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use, so that `python -m twinbench.datasets` runs the module once.
+    if name == "datasets":
+        import importlib
+
+        return importlib.import_module("twinbench.datasets")
+    raise AttributeError(f"module 'twinbench' has no attribute {name!r}")
+
 
 try:
     __version__ = version("twinbench")
