@@ -86,8 +86,8 @@ def test_classroom_mqtt_topics_per_student(start_plant, stop_plant, plant_loop, 
     import json
     import queue
 
-    from twinbench.plant._broker import find_mosquitto
     from twinbench.plant import Classroom
+    from twinbench.plant._broker import find_mosquitto
 
     if find_mosquitto() is None:
         pytest.skip("mosquitto not installed")

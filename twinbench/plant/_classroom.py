@@ -159,7 +159,7 @@ class Classroom:
             if self._opcua_port == 0:
                 first = find_port_block(self.students, self.host)
                 for i, plant in enumerate(self.plants):
-                    plant._opcua_port = first + i  # noqa: SLF001 - set before start, same package
+                    plant._opcua_port = first + i  # known only now: they were built with 0
             mqtt_url = self._mqtt_option
             if mqtt_url == "auto":
                 from twinbench.plant._broker import start_broker
@@ -167,7 +167,7 @@ class Classroom:
                 self._broker = await start_broker()
                 mqtt_url = self._broker.url if self._broker is not None else None
             for plant in self.plants:
-                plant._mqtt_option = mqtt_url  # noqa: SLF001 - the shared broker
+                plant._mqtt_option = mqtt_url  # the shared broker, known only now
             # the first plant alone: it may make the server certificate the others then load
             await self._start_plant(0)
             results = await asyncio.gather(*(self._start_plant(i)
@@ -187,7 +187,7 @@ class Classroom:
         except OSError as exc:
             # name the student and the port: "address in use" alone does not say which
             raise OSError(f"{student_name(index)}: cannot serve OPC-UA on port "
-                          f"{plant._opcua_port}: {exc}") from exc  # noqa: SLF001
+                          f"{plant._opcua_port}: {exc}") from exc
 
     async def stop(self) -> None:
         """Stop every plant, then the broker; idempotent."""
