@@ -11,6 +11,7 @@ working tree.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+
+from twinbench.plant._broker import find_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 BINDER = REPO / "binder"
@@ -144,13 +148,10 @@ print(json.dumps({"speed": asyncio.run(read()), "twinbench": twinbench.__file__,
 """
 
 
+@pytest.mark.slow  # ~2.5 min on an idle 2-core machine: a new venv and the whole kernel build
 def test_postbuild_and_start(binder_venv: dict[str, Any]) -> None:
     """postBuild installed the compiled package into the venv; start launches the plant, exports
     its endpoints and runs the command it is given, which reads from the plant."""
-    import json
-
-    import psutil
-
     root, env = binder_venv["root"], dict(binder_venv["env"])
     log = root / "plant.log"
     # A free OPC-UA port rather than 4840, which another plant on this machine may hold.
@@ -166,8 +167,6 @@ def test_postbuild_and_start(binder_venv: dict[str, Any]) -> None:
         assert out["compiled"], out
         assert isinstance(out["speed"], float) and out["speed"] > 0, out
         assert out["opcua"].startswith("opc.tcp://127.0.0.1:"), out
-        from twinbench.plant._broker import find_mosquitto
-
         if find_mosquitto():
             assert out["mqtt"] and out["mqtt"].startswith("mqtt://127.0.0.1:"), out
         assert pidfile.read_text().strip() == out["pid"]
@@ -187,3 +186,20 @@ def test_postbuild_and_start(binder_venv: dict[str, Any]) -> None:
                 pass
     times = binder_venv["times"]
     print(f"binder venv: {', '.join(f'{k} {v:.0f} s' for k, v in times.items())}")
+
+
+def test_start_without_plant(tmp_path: Path) -> None:
+    """A plant that cannot start does not keep the server from starting: start says so and
+    still runs its command (here the project's own `twinbench`, given a bad option), whose exit
+    code is the script's."""
+    env = dict(os.environ, TWINBENCH_PLANT_LOG=str(tmp_path / "plant.log"),
+               TWINBENCH_PLANT_ARGS="--no-such-option")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.pop("TWINBENCH_OPCUA_URL", None)
+    done = subprocess.run([str(BINDER / "start"), "sh", "-c",
+                           'echo "opcua=${TWINBENCH_OPCUA_URL:-unset}"; exit 3'],
+                          capture_output=True, text=True, timeout=90, cwd=tmp_path, env=env)
+    assert done.returncode == 3, done
+    assert done.stdout == "opcua=unset\n", done
+    assert "the twinbench plant is not ready" in done.stderr, done.stderr
+    assert "unrecognized arguments: --no-such-option" in done.stderr, done.stderr
