@@ -121,3 +121,20 @@ def test_classroom_mqtt_topics_per_student(start_plant, stop_plant, plant_loop, 
         assert pumps[0].values["speed_setpoint"] != 1900.0
     finally:
         plant_loop.run(room.stop(), timeout=30)
+
+
+def test_classroom_port_in_use_names_the_student_and_stops_the_others(plant_loop, port_is_free):
+    import socket
+
+    from twinbench.plant import Classroom
+    from twinbench.plant._classroom import find_port_block
+
+    first = find_port_block(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first + 1))
+        taken.listen()
+        room = Classroom(2, opcua_port=first, mqtt="none")
+        with pytest.raises(OSError, match=f"student02: cannot serve OPC-UA on port {first + 1}"):
+            plant_loop.run(room.start(), timeout=90)
+    assert not any(p.running for p in room.plants)
+    assert port_is_free(first)  # student01's server was stopped again
