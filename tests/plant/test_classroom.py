@@ -40,13 +40,13 @@ def test_classroom_serves_independent_plants_and_stops_cleanly(plant_process, po
             await source.write({"speed_setpoint": 2100.0})
         from asyncua import Client
 
-        setpoints, seeds_differ = [], []
+        setpoints, vibrations = [], []
         for url in urls:
             async with Client(url, timeout=10) as client:
                 setpoints.append(await client.get_node("ns=2;s=Pump1.speed_setpoint")
                                  .read_value())
-                seeds_differ.append(await client.get_node("ns=2;s=Pump1.vibration").read_value())
-        return setpoints, seeds_differ
+                vibrations.append(await client.get_node("ns=2;s=Pump1.vibration").read_value())
+        return setpoints, vibrations
 
     setpoints, vibrations = asyncio.run(asyncio.wait_for(main(), 60))
     assert setpoints[1] == 2100.0
@@ -81,7 +81,7 @@ def test_classroom_topics_and_seeds_without_starting():
     assert room.plants[11].opcua_url == "opc.tcp://127.0.0.1:5011/twinbench/plant"
 
 
-def test_classroom_mqtt_topics_per_student(start_plant, stop_plant, plant_loop, wait_until):
+def test_classroom_mqtt_topics_per_student(plant_loop, wait_until):
     """With MQTT, each student's telemetry and commands live under plant/studentNN/."""
     import json
     import queue
