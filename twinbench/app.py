@@ -135,8 +135,12 @@ def dashboard_env(opcua_url: str, writable: Sequence[str] | str = (),
 
 def voila_command(notebook: str | os.PathLike[str], port: int, *, host: str = "127.0.0.1",
                   template: str | None = TEMPLATE, python: str | None = None,
-                  extra: Sequence[str] = ()) -> list[str]:
+                  preheat: bool = True, extra: Sequence[str] = ()) -> list[str]:
     """The ``voila`` command line serving `notebook` on `host`:`port`, without a browser.
+
+    With `preheat` (the default), Voila keeps one kernel that has already run the notebook
+    waiting for the next visitor: the page opens without waiting for the kernel to start, the
+    imports and the connection to the equipment (the waiting kernel's twin runs meanwhile).
 
     Examples
     --------
@@ -156,6 +160,8 @@ def voila_command(notebook: str | os.PathLike[str], port: int, *, host: str = "1
            "--MappingKernelManager.cull_idle_timeout=0"]
     if template:
         cmd.append(f"--template={template}")
+    if preheat:
+        cmd += ["--preheat_kernel=True", "--pool_size=1"]
     cmd.extend(extra)
     return cmd
 
@@ -175,6 +181,9 @@ class VoilaServer:
         Extra environment variables for Voila and its kernels (see :func:`dashboard_env`).
     quiet : bool
         Send Voila's log to a file (``.log_path``) instead of this process's stderr.
+    preheat : bool
+        Keep a kernel that has run the notebook ready for the next page (see
+        :func:`voila_command`).
 
     Examples
     --------
@@ -188,13 +197,14 @@ class VoilaServer:
     def __init__(self, notebook: str | os.PathLike[str] | None = None, *,
                  port: int | None = None, host: str = "127.0.0.1",
                  env: Mapping[str, str] | None = None, quiet: bool = True,
-                 extra: Sequence[str] = ()) -> None:
+                 preheat: bool = True, extra: Sequence[str] = ()) -> None:
         self.notebook = Path(notebook) if notebook is not None else dashboard_path()
         if not self.notebook.is_file():
             raise FileNotFoundError(f"notebook: {self.notebook} does not exist")
         self.host = str(host)
         self.port = free_port(self.host) if port is None else port
-        self.command = voila_command(self.notebook, self.port, host=self.host, extra=extra)
+        self.command = voila_command(self.notebook, self.port, host=self.host, preheat=preheat,
+                                     extra=extra)
         self.env = dict(env or {})
         self.quiet = bool(quiet)
         self.log_path: Path | None = None

@@ -97,6 +97,30 @@ def test_live_plot_waits_for_the_page_to_paint(recording):
         ui.LivePlot(twin, MEASURED, max_unacked=0)
 
 
+def test_live_plot_primes_the_next_view_with_its_window(recording):
+    """With no view attached, prime() bakes the window into the widget's initial state (what a
+    page that opens later renders first), without patch messages to no one."""
+    import json
+
+    from bokeh.core.json_encoder import serialize_json
+
+    twin = replay_twin(recording)
+    plot = ui.LivePlot(twin, MEASURED)
+
+    async def feed():
+        await twin.source.start()
+        async for batch in twin.source.batches():
+            twin.process(batch)
+
+    asyncio.run(feed())
+    sent = []
+    plot.model.send = lambda content, buffers=None: sent.append(content)
+    plot.prime()
+    assert plot.point_count > 0 and sent == []
+    bundle = serialize_json(plot.model.render_bundle)
+    assert json.dumps(plot.source.data["time"][-1]) in bundle
+
+
 def test_live_plot_streams_decimates_and_starts_once(recording):
     twin = replay_twin(recording)
     plot = ui.LivePlot(twin, [*MEASURED, "wear"], window=3 * 3600.0, rate_hz=50.0,

@@ -48,7 +48,7 @@ class Dashboard:
     """
 
     def __init__(self, twin: Any, *, writable: Sequence[str] = (), title: str | None = None,
-                 plot_variables: Sequence[str] | None = None, window: float = 600.0,
+                 plot_variables: Sequence[str] | None = None, window: float = 120.0,
                  rate_hz: float = 10.0, max_points: int = 2000,
                  scenario: Mapping[str, Any] | None = None,
                  kpis: Mapping[str, Any] | None = None, interval: float = 1.0) -> None:
