@@ -11,7 +11,7 @@ import pytest
 import twinbench as tb
 from twinbench.demo import pump_fault_day
 from twinbench.kernel.detect import Cusum, NisChiSquare
-from twinbench.twin import Twin, convert_units
+from twinbench.twin import Twin, convert_units, running_twins
 
 MEASURED = ["speed", "flow_rate", "motor_temperature", "vibration", "current", "power"]
 # Process noise as in twinbench.demo: shaft speed, flow, winding temperature, wear.
@@ -140,6 +140,28 @@ def test_live_twin_on_the_plant(fast_plant):
     last = state.isel(time=-1)
     assert abs(float(last.speed_predicted) - float(last.speed)) < 50
     assert twin.stats["errors"] == 0
+
+
+def test_running_twins_lists_the_started_twins_until_they_stop(fast_plant):
+    """What the JupyterLab status bar shows for a kernel."""
+    src = tb.connect(fast_plant.opcua_url, {"speed": "ns=2;s=Pump1.speed"}, publishing_interval=50)
+    twin = Twin(tb.models.pump(), src, R={"speed": 4.0}, name="listed-pump")
+
+    async def main():
+        assert "listed-pump" not in [t["name"] for t in running_twins()]
+        twin.start()
+        deadline = time.monotonic() + 20
+        while twin.stats["samples"] < 5:
+            assert time.monotonic() < deadline, twin.stats
+            await asyncio.sleep(0.05)
+        listed = [t for t in running_twins() if t["name"] == "listed-pump"]
+        await twin.stop()
+        return listed, running_twins()
+
+    listed, after = asyncio.run(main())
+    assert len(listed) == 1 and listed[0]["samples"] >= 5 and listed[0]["errors"] == 0, listed
+    assert listed[0]["alarms"] == []
+    assert "listed-pump" not in [t["name"] for t in after]
 
 
 @pytest.mark.parametrize("protocol", ["opcua", "mqtt"])

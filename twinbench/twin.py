@@ -27,14 +27,19 @@ import asyncio
 import logging
 import math
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SystemTwin", "Twin", "convert_units", "run"]
+__all__ = ["SystemTwin", "Twin", "convert_units", "run", "running_twins"]
 
 _logger = logging.getLogger("twinbench.twin")
+
+# Every twin ever started in this process, for running_twins() (the JupyterLab status bar); weak,
+# so a twin the user dropped is not kept alive by being listed.
+_STARTED: weakref.WeakSet[Twin] = weakref.WeakSet()
 
 # Affine unit conversions (to = a * from + b) the twin applies between a tag and its variable.
 _CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
@@ -519,6 +524,7 @@ class Twin:
                                "in a script use twinbench.run(twin)")
         self._started_at = time.monotonic()
         self._task = loop.create_task(self._run(), name=f"twin {self.name}")
+        _STARTED.add(self)
         return self
 
     async def stop(self) -> None:
@@ -751,6 +757,22 @@ def _source_tag_names(source: Any) -> tuple[str, ...]:
 
 def _source_units(source: Any) -> dict[str, str]:
     return dict(getattr(getattr(source, "tags", None), "units", {}) or {})
+
+
+def running_twins() -> list[dict[str, Any]]:
+    """The twins running in this process, by name: ``name``, ``samples`` and ``errors`` so far,
+    and the names of the ``alarms`` that are on. What the JupyterLab extension's status bar shows
+    for the notebook's kernel.
+
+    Examples
+    --------
+    >>> running_twins()  # none started here
+    []
+    """
+    return sorted(({"name": t.name, "samples": int(t.stats["samples"]),
+                    "errors": int(t.stats["errors"]),
+                    "alarms": sorted(a for a, on in t.alarms.items() if on)}
+                   for t in list(_STARTED) if t.running), key=lambda d: d["name"])
 
 
 def run(*twins: Twin, duration: float | None = None) -> None:
