@@ -7,6 +7,12 @@ BIN    := $(VENV)/bin
 export OMP_WAIT_POLICY ?= passive
 
 KERNEL_SOURCES := $(shell find twinbench -name '*.pyx' -o -name '*.pxd')
+# The JupyterLab extension (TypeScript), built with jlpm (JupyterLab's yarn) into
+# twinbench/labextension, which the package ships.
+LABEXT_DIR     := extensions/jupyterlab-twinbench
+LABEXT_SOURCES := $(LABEXT_DIR)/package.json $(LABEXT_DIR)/yarn.lock $(LABEXT_DIR)/tsconfig.json \
+                  $(shell find $(LABEXT_DIR)/src $(LABEXT_DIR)/style -type f)
+LABEXT_PREFIX  := $(VENV)/share/jupyter/labextensions/jupyterlab-twinbench
 
 .PHONY: demo test bench setup system clean
 
@@ -19,7 +25,7 @@ test: setup
 bench: setup
 	$(BIN)/twinbench bench kernel
 
-setup: .stamp-install
+setup: .stamp-install .stamp-labextension
 
 # System packages: a C compiler, Python headers and venv support to build; mosquitto (the MQTT
 # broker the tests and the plant run on loopback) and its C clients (the MQTT benchmark's
@@ -51,6 +57,21 @@ $(VENV)/.created: | .stamp-system
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The JupyterLab extension: built when its sources change (Node from apt-get when missing; jlpm
+# comes with jupyterlab, in the test extra, hence after the install), then copied where JupyterLab
+# looks for extensions: an editable install leaves out the package's data_files, a wheel has them.
+# A copy, not a symlink: a wheel installed later into the venv must not write through a link onto
+# the built files.
+.stamp-labextension: $(LABEXT_SOURCES) | .stamp-install
+	@command -v node >/dev/null || { echo "installing with apt-get: nodejs"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs; }
+	cd $(LABEXT_DIR) && PATH="$(CURDIR)/$(BIN):$$PATH" jlpm install --immutable \
+	  && PATH="$(CURDIR)/$(BIN):$$PATH" jlpm build:prod
+	rm -rf $(LABEXT_PREFIX) && mkdir -p $(dir $(LABEXT_PREFIX))
+	cp -r twinbench/labextension $(LABEXT_PREFIX)
+	touch $@
+
 clean:
-	rm -rf build .stamp-* $(VENV) *.egg-info
+	rm -rf build .stamp-* $(VENV) *.egg-info twinbench/labextension
+	rm -rf $(LABEXT_DIR)/node_modules $(LABEXT_DIR)/lib $(LABEXT_DIR)/.yarn $(LABEXT_DIR)/tsconfig.tsbuildinfo
 	find twinbench \( -name '*.so' -o -name '*.c' \) -delete

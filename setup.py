@@ -12,6 +12,10 @@ TWINBENCH_NO_OPENMP=1
 TWINBENCH_BUILD_ONLY=name[,name]
     Developer aid: build only the extensions whose dotted name contains one of these substrings.
 
+The JupyterLab extension (extensions/jupyterlab-twinbench, built by `make setup` with jlpm into
+``twinbench/labextension``) ships as package data and where JupyterLab looks for it,
+``share/jupyter/labextensions/jupyterlab-twinbench``, when it was built before the package is.
+
 Run-time dispatch: each ``_x_avx2.pyx`` (one line: ``include "_x.pyx"``) is the same module built
 for x86-64-v3 (AVX2) with floating-point contraction off, so it rounds exactly like the baseline;
 ``twinbench.kernel._dispatch`` picks it when the CPU has AVX2. The variants are skipped on
@@ -108,8 +112,20 @@ def _extensions() -> list[Extension]:
     return exts
 
 
+def _labextension_data_files() -> list[tuple[str, list[str]]]:
+    built = HERE / "twinbench" / "labextension"
+    target = Path("share/jupyter/labextensions/jupyterlab-twinbench")
+    files: dict[str, list[str]] = {}
+    for path in sorted(built.rglob("*")):
+        if path.is_file():
+            where = str(target / path.parent.relative_to(built))
+            files.setdefault(where, []).append(str(path.relative_to(HERE)))
+    return sorted(files.items())
+
+
 setup(
     cmdclass={"build_ext": BuildExt},
+    data_files=_labextension_data_files(),
     ext_modules=cythonize(
         _extensions(),
         compiler_directives={
