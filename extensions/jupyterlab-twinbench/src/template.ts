@@ -45,8 +45,20 @@ export const TWIN_NOTEBOOK = {
         '                  "vibration": 0.0025, "current": 0.04, "power": 0.04})\n' +
         'twin.start()  # runs in the background: the notebook stays usable'
     ),
-    code('twin  # samples so far, alarms, latest values'),
+    code(
+      'import asyncio\n\n' +
+        '# Data take a moment to arrive: wait for the first samples (up to 10 s) without\n' +
+        '# blocking the notebook, then look at what the twin knows.\n' +
+        'for _ in range(100):\n' +
+        '    if twin.stats["samples"]:\n' +
+        '        break\n' +
+        '    await asyncio.sleep(0.1)\n' +
+        'twin  # samples so far, alarms, latest values'
+    ),
     code('twin.state  # the live window as an xarray.Dataset'),
-    code('await twin.stop()')
+    markdown(
+      'The twin runs until the kernel stops, or until `await twin.stop()`. ' +
+        'The toolbar button **App** opens this notebook as an app (Voila).'
+    )
   ]
 };
