@@ -157,7 +157,9 @@ def voila_command(notebook: str | os.PathLike[str], port: int, *, host: str = "1
            # a kernel that is slow to start is not an error on a busy 2-core machine
            "--VoilaExecutor.timeout=120",
            # the twin streams for as long as the page is open: no idle culling
-           "--MappingKernelManager.cull_idle_timeout=0"]
+           "--MappingKernelManager.cull_idle_timeout=0",
+           # Voila loads every lab extension; ours needs JupyterLab's launcher, absent here
+           "--VoilaConfiguration.extension_denylist", "jupyterlab-twinbench"]
     if template:
         cmd.append(f"--template={template}")
     if preheat:
