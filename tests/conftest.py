@@ -1,27 +1,25 @@
 """Shared test configuration and fixtures.
 
 The simulated plant is shared by every test directory: in-process plants on a loop thread
-(``start_plant``, ``plant``, ``fast_plant``) and :class:`PlantProcess`, the plant as a subprocess
-(``python -m twinbench.cli plant``) that a test can stop, kill and restart on the same port.
+(``start_plant``, ``plant``, ``fast_plant``) and ``plant_process``
+(:class:`twinbench.plant.PlantProcess`, the plant as a subprocess that a test can stop, kill
+and restart on the same port).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import queue
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
+
+from twinbench.plant import PlantProcess
 
 # In CI, property tests draw the same examples every run (a failure there is reproducible, never
 # a one-off) and are not timed per example on a shared machine.
@@ -29,14 +27,6 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:
@@ -149,91 +139,16 @@ def fast_plant(start_plant: Callable[..., Any]) -> Any:
     return start_plant(speedup=60.0, rate=10.0, seed=1)
 
 
-class PlantProcess:
-    """``twinbench plant`` in a subprocess on a fixed OPC-UA port (MQTT off unless `args` say).
-
-    ``start()`` waits for the ``twinbench plant ready`` line; ``stop()`` sends SIGTERM and returns
-    the exit code; ``kill()`` sends SIGKILL; ``start()`` again reuses the port. ``lines`` holds
-    what the plant printed on stdout.
-    """
-
-    def __init__(self, port: int | None = None, args: Sequence[str] = (),
-                 env: dict[str, str] | None = None) -> None:
-        self.port = port or free_port()
-        self.args = list(args)
-        self.env = env
-        self.opcua_url = f"opc.tcp://127.0.0.1:{self.port}/twinbench/plant"
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-
-    def start(self, timeout: float = 30.0) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env.update(self.env or {})
-        cmd = [sys.executable, "-m", "twinbench.cli", "plant", "--opcua-port", str(self.port),
-               "--mqtt", "none", *self.args]
-        self.lines = []
-        self._lines = q = queue.Queue()
-        self.proc = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                            text=True, env=env)
-
-        def read() -> None:  # drain stdout for the process's whole life
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                q.put(line.rstrip("\n"))
-            q.put(None)
-
-        threading.Thread(target=read, daemon=True, name="plant-stdout").start()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = q.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                self.kill()
-                raise RuntimeError(f"the plant did not print its ready line within {timeout} s; "
-                                   f"printed {self.lines}") from None
-            if line is None:
-                code = proc.wait(10)
-                raise RuntimeError(f"the plant exited with code {code} before it was ready; "
-                                   f"printed {self.lines}")
-            self.lines.append(line)
-            if line == "twinbench plant ready":
-                return
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM; the exit code (the process is killed if it does not exit in `timeout`)."""
-        proc = self.proc
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-                raise RuntimeError(f"the plant did not exit within {timeout} s of SIGTERM")
-        self.proc = None
-        return proc.returncode
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 @pytest.fixture
 def plant_process() -> Iterator[Callable[..., PlantProcess]]:
     """``plant_process(args=(), port=None, env=None, timeout=30)`` -> a started
-    :class:`PlantProcess` (`timeout` for its ready line); killed at teardown if still running."""
+    :class:`twinbench.plant.PlantProcess` (`timeout` for its ready line); killed at teardown if
+    still running."""
     made: list[PlantProcess] = []
 
     def make(args: Sequence[str] = (), port: int | None = None,
              env: dict[str, str] | None = None, timeout: float = 30.0) -> PlantProcess:
-        p = PlantProcess(port, args, env)
+        p = PlantProcess(args, port=port, env=env)
         made.append(p)
         p.start(timeout)
         return p

@@ -115,42 +115,6 @@ def artifacts() -> Callable[[str, Any], Path]:
     return shot
 
 
-class _Plant:
-    """``twinbench plant`` in a subprocess: its own interpreter, so the browser test's process
-    (and its GIL) never slows the plant down."""
-
-    def __init__(self, args: list[str]) -> None:
-        import subprocess
-        import sys
-
-        from twinbench.app import free_port
-
-        self.port = free_port()
-        self.opcua_url = f"opc.tcp://127.0.0.1:{self.port}/twinbench/plant"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "twinbench.cli", "plant", "--opcua-port", str(self.port),
-             "--mqtt", "none", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL, text=True, env=env)
-        assert self.proc.stdout is not None
-        printed = []
-        for line in self.proc.stdout:  # ends at EOF if the plant dies
-            printed.append(line.rstrip())
-            if line.strip() == "twinbench plant ready":
-                break
-        else:
-            raise RuntimeError(f"the plant exited before it was ready: {printed}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except Exception:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def dashboard_app(tmp_path_factory: Any) -> Iterator[Any]:
     """The dashboard in Voila (writes enabled for speed_setpoint) on a plant at speedup 10.
@@ -158,8 +122,10 @@ def dashboard_app(tmp_path_factory: Any) -> Iterator[Any]:
     if MISSING:
         pytest.skip(MISSING)
     from twinbench.app import VoilaServer, dashboard_env
+    from twinbench.plant import PlantProcess
 
-    plant = _Plant(["--speedup", "10", "--rate", "10", "--seed", "3"])
+    # a subprocess: the browser test's process (and its GIL) never slows the plant down
+    plant = PlantProcess(["--speedup", "10", "--rate", "10", "--seed", "3"]).start(60)
     audit = tmp_path_factory.mktemp("voila") / "audit.jsonl"
     server = VoilaServer(env=dashboard_env(plant.opcua_url, ["speed_setpoint"], audit),
                          extra=["--show_tracebacks=True"])

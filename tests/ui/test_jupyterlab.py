@@ -21,13 +21,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from twinbench.plant import PlantProcess
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "01_quickstart.ipynb"
@@ -77,51 +78,10 @@ PROGRESS_JS = """() => {
 }"""
 
 
-class Plant:
-    """``twinbench plant`` in a subprocess (its own interpreter and GIL), started without waiting:
-    :meth:`wait_ready` waits for its ready line. Like ``plant_process`` in tests/conftest.py, but
-    with a longer start timeout: it starts alongside JupyterLab on a loaded 2-core machine."""
-
-    def __init__(self, args: list[str]) -> None:
-        from twinbench.app import free_port
-
-        self.port = free_port()
-        self.opcua_url = f"opc.tcp://127.0.0.1:{self.port}/twinbench/plant"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "twinbench.cli", "plant", "--opcua-port", str(self.port),
-             "--mqtt", "none", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL, text=True, env=env)
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True, name="plant-stdout").start()
-
-    def _read(self) -> None:  # drains stdout for the plant's whole life
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if line.strip() == "twinbench plant ready":
-                self.ready.set()
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready.wait(0.1):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the plant exited with code {self.proc.returncode} before it "
-                                   f"was ready; printed {self.lines}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the plant was not ready within {timeout} s; "
-                                   f"printed {self.lines}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+def spawn_plant(args: list[str]) -> PlantProcess:
+    """``twinbench plant`` in a subprocess, started without waiting (``wait_ready(90)`` later):
+    it starts alongside JupyterLab on a loaded 2-core machine."""
+    return PlantProcess(args).start(wait=False)
 
 
 class JupyterLab:
@@ -201,7 +161,7 @@ def test_quickstart_runs_in_jupyterlab(browser, new_page, artifacts, wait_until,
     # waits on conditions, not for fixed times).
     lab = plant = None
     try:
-        plant = Plant(["--speedup", "120", "--rate", "10", "--seed", "7"])
+        plant = spawn_plant(["--speedup", "120", "--rate", "10", "--seed", "7"])
         lab = JupyterLab(root, {"TWINBENCH_OPCUA_URL": plant.opcua_url},
                          tmp_path / "jupyterlab.log")
         plant.wait_ready(90)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui.test_jupyterlab import KERNEL_IDLE_JS, JupyterLab, Plant
+from tests.ui.test_jupyterlab import KERNEL_IDLE_JS, JupyterLab, spawn_plant
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = "jupyterlab-twinbench"
@@ -67,7 +67,7 @@ def test_launcher_new_twin_notebook_status_bar_and_open_as_app(browser, new_page
     lab = plant = None
     times: dict[str, float] = {}
     try:
-        plant = Plant(["--speedup", "60", "--rate", "10", "--seed", "7"])
+        plant = spawn_plant(["--speedup", "60", "--rate", "10", "--seed", "7"])
         lab = JupyterLab(root, {"TWINBENCH_OPCUA_URL": plant.opcua_url},
                          tmp_path / "jupyterlab-ext.log")
         plant.wait_ready(90)

@@ -20,12 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import queue
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -41,49 +35,14 @@ INTERVAL_MS = 100.0
 CPU_TARGET = 1 / 1.3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _plant(n_tags: int, rate: float) -> Iterator[str]:
     """``twinbench plant`` with `n_tags` bench variables in a subprocess; yields its URL."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "twinbench", "plant", "--opcua-port", str(port), "--mqtt",
-           "none", "--bench-tags", str(n_tags), "--bench-rate", str(rate), "--rate", "2"]
-    env = dict(os.environ, OMP_WAIT_POLICY="passive")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, text=True, env=env)
-    lines: queue.Queue[str | None] = queue.Queue()
+    from twinbench.plant import PlantProcess
 
-    def drain() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line.strip())
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True, name="bench-plant-stdout").start()
-    try:
-        deadline = time.monotonic() + 60.0
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                raise RuntimeError("the plant did not get ready within 60 s") from None
-            if line is None:
-                raise RuntimeError(f"the plant exited with code {proc.wait(5)}")
-            if line == "twinbench plant ready":
-                break
-        yield f"opc.tcp://127.0.0.1:{port}/twinbench/plant"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with PlantProcess(["--bench-tags", str(n_tags), "--bench-rate", str(rate), "--rate", "2"]
+                      ).start(60) as plant:
+        yield plant.opcua_url
 
 
 def _node_ids(n_tags: int) -> list[str]:

@@ -56,12 +56,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,18 +79,9 @@ REFRESH_HZ = 10.0  #: the refresh rate the issue asks for
 REFRESH_HELD = 0.9 * REFRESH_HZ  #: "held": at least 90 % of it
 CPU_TARGET = 0.5  #: share of one core
 GROWTH_TARGET = 0.10
-# The dashboard as shipped: 6 measured tags + speed_setpoint + valve_opening.
+# The dashboard as shipped: 8 measured tags + speed_setpoint + valve_opening.
 TAGS = 10
 
-# Rows in the page's Bokeh data sources (the same count as tests/ui/test_voila.py).
-POINT_COUNT_JS = """() => {
-  if (!window.Bokeh || !window.Bokeh.documents) return -1;
-  let n = 0;
-  for (const doc of window.Bokeh.documents)
-    for (const m of doc.all_models)
-      if (m.data !== undefined && typeof m.get_length === "function") n += m.get_length() || 0;
-  return n;
-}"""
 
 # Counts, in the page, every stream event of every Bokeh data source (its "streaming" signal
 # fires once per ColumnsStreamed message applied) and the rows that each one added (rows newer
@@ -214,44 +202,11 @@ def _progress(text: str) -> None:
 @contextlib.contextmanager
 def _plant() -> Iterator[str]:
     """``twinbench plant`` in a subprocess (10 Hz, real time, OPC-UA only); yields its URL."""
-    from twinbench.app import free_port
+    from twinbench.plant import PlantProcess
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "twinbench", "plant", "--opcua-port", str(port), "--mqtt",
-           "none", "--rate", f"{PLANT_RATE:g}", "--speedup", "1", "--seed", "3"]
-    env = dict(os.environ, OMP_WAIT_POLICY="passive")
-    repo = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, text=True, env=env)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def drain() -> None:  # keeps reading so the plant never blocks on a full pipe
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line.strip())
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True, name="bench-ui-plant-stdout").start()
-    try:
-        deadline = time.monotonic() + 60.0
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                raise RuntimeError("the plant did not get ready within 60 s") from None
-            if line is None:
-                raise RuntimeError(f"the plant exited with code {proc.wait(5)}")
-            if line == "twinbench plant ready":
-                break
-        yield f"opc.tcp://127.0.0.1:{port}/twinbench/plant"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with PlantProcess(["--rate", f"{PLANT_RATE:g}", "--speedup", "1", "--seed", "3"]
+                      ).start(60) as plant:
+        yield plant.opcua_url
 
 
 # Runs in the page from its first script: the time (ms since navigation start) at which the

@@ -14,6 +14,7 @@ pump, and a wind turbine if asked, and serves them:
   ``plant/pump1/command`` acknowledged on ``plant/pump1/ack``.
 - ``--classroom N`` (:class:`Classroom`): N independent plants on consecutive OPC-UA ports, one
   per student, seeds ``seed + i``, MQTT topics ``plant/studentNN/pump1/...`` on one broker.
+- :class:`PlantProcess`: ``twinbench plant`` in a subprocess (benchmarks, tests, notebooks).
 - Faults: ``bearing_wear[:factor]``, ``drift:<tag>:<rate/h>``, ``stuck:<tag>``,
   ``dropout:<tag>``, ``comm_loss[:seconds]``.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 from twinbench.plant._classroom import MAX_STUDENTS, Classroom
 from twinbench.plant._faults import FAULT_KINDS, Fault, format_faults, parse_faults
 from twinbench.plant._plant import Plant, run_plant
+from twinbench.plant._process import PlantProcess
 
-__all__ = ["FAULT_KINDS", "MAX_STUDENTS", "Classroom", "Fault", "Plant", "format_faults",
-           "parse_faults", "run_plant"]
+__all__ = ["FAULT_KINDS", "MAX_STUDENTS", "Classroom", "Fault", "Plant", "PlantProcess",
+           "format_faults", "parse_faults", "run_plant"]
