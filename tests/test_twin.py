@@ -34,20 +34,27 @@ def replay_twin(rec, R, **options):
                 x0={"wear": 0.0}, max_step=0.5, **options)
 
 
+def replay_all(twin, parts=1, stop=True):
+    """Feed a replay twin its whole recording, each source batch split in `parts` (small
+    batches, as they would arrive live); then stop it unless `stop` is False."""
+    async def main():
+        await twin.source.start()
+        async for batch in twin.source.batches():
+            for part in np.array_split(np.arange(len(batch)), parts):
+                twin.process(batch.take(part))
+        if stop:
+            await twin.stop()
+
+    asyncio.run(main())
+
+
 def test_replayed_fault_day_estimates_wear_and_raises_an_alarm(fault_day):
     truth, rec, R = fault_day
     twin = replay_twin(rec, R, capacity=500,
                        detectors={"vibration": Cusum(k=0.5, h=5.0, warmup=60),
                                   "nis": NisChiSquare(window=30)})
 
-    async def main():
-        await twin.source.start()
-        async for batch in twin.source.batches():  # small batches, as they would arrive live
-            for part in np.array_split(np.arange(len(batch)), 40):
-                twin.process(batch.take(part))
-        await twin.stop()
-
-    asyncio.run(main())
+    replay_all(twin, parts=40)
     state = twin.state
     assert state.sizes["time"] == 500  # the ring keeps the newest `capacity` rows
     assert state.time.values[-1] == rec.time.values[-1]
@@ -238,13 +245,7 @@ def test_fault_alarm_rule_guarded_write_and_the_plant_follows(protocol, start_pl
 def test_whatif_forks_from_the_current_estimate(fault_day):
     _, rec, R = fault_day
     twin = replay_twin(rec.isel(time=slice(0, 120)), R)
-
-    async def main():
-        await twin.source.start()
-        async for batch in twin.source.batches():
-            twin.process(batch)
-
-    asyncio.run(main())
+    replay_all(twin, stop=False)
     proj = twin.whatif(600.0, dt=1.0, changes={"speed_setpoint": [2000.0, 2500.0]}, n=1,
                        uncertainty=True, seed=1, limits={"vibration": (0.0, 4.5)})
     assert proj.sizes["scenario"] >= 3
@@ -260,7 +261,7 @@ def test_public_accessors_for_views(fault_day):
     twin = replay_twin(rec.isel(time=slice(0, 120)), R,
                        detectors={"vibration": Cusum(k=0.5, h=5.0, warmup=60)})
     assert twin.snapshot()["time"] is None
-    asyncio.run(_drain(twin))
+    replay_all(twin, stop=False)
     snap = twin.snapshot()
     assert snap["time"] == rec.time.values[119]
     assert snap["state"]["wear"] == float(twin.ekf.x[3])
@@ -276,12 +277,6 @@ def test_public_accessors_for_views(fault_day):
         twin.column("wear")
 
 
-async def _drain(twin):
-    await twin.source.start()
-    async for batch in twin.source.batches():
-        twin.process(batch)
-
-
 def test_rul_raises_a_work_order_and_kpis(fault_day):
     from twinbench.kernel.rul import ParticleFilterRUL
     from twinbench.maintenance import MaintenancePolicy, kpis
@@ -293,14 +288,7 @@ def test_rul_raises_a_work_order_and_kpis(fault_day):
     policy = MaintenancePolicy("vibration", pf, below=48 * 3600.0, quantile=0.1,
                                action="replace the drive-end bearing")
     twin = replay_twin(rec, R, maintenance=[policy], capacity=2000)
-
-    async def main():
-        await twin.source.start()
-        async for batch in twin.source.batches():
-            for part in np.array_split(np.arange(len(batch)), 20):
-                twin.process(batch.take(part))
-
-    asyncio.run(main())
+    replay_all(twin, parts=20, stop=False)
     assert len(twin.work_orders) == 1  # raised once, until closed
     order = twin.work_orders[0]
     assert order.asset == twin.name and order.suggested_action.startswith("replace")
@@ -317,23 +305,15 @@ def test_history_persists_and_a_restarted_twin_continues(fault_day, tmp_path):
     path = tmp_path / "pump.zarr"
     first, second = rec.isel(time=slice(0, 300)), rec.isel(time=slice(300, 400))
 
-    def feed(twin):
-        async def main():
-            await twin.source.start()
-            async for batch in twin.source.batches():
-                twin.process(batch)
-            await twin.stop()
-        asyncio.run(main())
-
     twin = replay_twin(first, R, history=path, capacity=100)
-    feed(twin)
+    replay_all(twin)
     whole = twin.history()  # ring (last 100 rows) and stored history together
     assert whole.sizes["time"] == 300
     np.testing.assert_array_equal(whole.time.values, first.time.values)
     twin.close()
 
     again = replay_twin(second, R, history=path, capacity=100)
-    feed(again)
+    replay_all(again)
     both = again.history()
     assert both.sizes["time"] == 400 and (np.diff(both.time.values.astype(np.int64)) > 0).all()
     np.testing.assert_allclose(both.vibration.values, rec.vibration.values[:400])
