@@ -1,7 +1,8 @@
 """The ``twinbench`` command.
 
 Subcommands: ``bench`` (benchmarks with figures and ratios), ``record`` (live tags to a
-dataset file), ``plant`` (the simulated plant) and ``demo`` (the main job: the plant and the
+dataset file), ``plant`` (the simulated plant), ``trust`` (an OPC-UA server's certificate into
+the trust list) and ``demo`` (the main job: the plant and the
 dashboard served by Voila; ``demo --kernel`` walks through the kernel on recorded-like data).
 """
 
@@ -177,6 +178,32 @@ def _plant(args: argparse.Namespace) -> int:
         return 2
 
 
+def _trust(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from twinbench.io.opcua import certificate_info, fetch_server_certificate, trust_certificate
+
+    url = args.source if args.source.startswith("opc.tcp://") else None
+    try:
+        info = (asyncio.run(fetch_server_certificate(url, timeout=args.timeout)) if url
+                else certificate_info(args.source))
+    except (ValueError, TypeError, OSError) as exc:  # ConnectionError and TimeoutError too
+        print(f"twinbench trust: {exc}", file=sys.stderr)
+        return 2
+    print(f"subject      {info.subject}")
+    print(f"SHA-256      {info.fingerprint}")
+    print(f"valid until  {info.not_valid_after}")
+    if not args.yes:
+        print("not stored: compare the SHA-256 fingerprint with the one the server's "
+              "administrator gives you, then run again with --yes")
+        return 0
+    # What was printed is what is stored (not a second fetch that could differ).
+    stored = trust_certificate(info.der, trust_dir=args.trust_dir, cert_dir=args.cert_dir,
+                               server=url)
+    print(f"trusted: stored in {stored.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twinbench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -278,6 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "plant/studentNN/... (one process: 30 plants at 10 Hz took ~13%% of a "
                          "core on 2 cores, but start-up takes a few seconds per plant)")
     pl.set_defaults(func=_plant)
+
+    t = sub.add_parser("trust", help="show an OPC-UA server's certificate; --yes trusts it",
+                       description="Print the subject and SHA-256 fingerprint of the certificate "
+                                   "an OPC-UA server presents (or of a certificate file); with "
+                                   "--yes also store it in the trust list that "
+                                   "opcua_source(security='sign'|'encrypt') checks.")
+    t.add_argument("source", metavar="URL|FILE",
+                   help="opc.tcp://host:port[/path], or a certificate file (DER or PEM)")
+    t.add_argument("--yes", action="store_true",
+                   help="store it (after you compared the fingerprint)")
+    t.add_argument("--trust-dir", default=None, metavar="DIR",
+                   help="the trust list (default CERT_DIR/trusted)")
+    t.add_argument("--cert-dir", default=None, metavar="DIR",
+                   help="the client's certificate folder (default ~/.local/share/twinbench/opcua)")
+    t.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="for fetching from a server (default 5)")
+    t.set_defaults(func=_trust)
     return parser
 
 

@@ -137,7 +137,7 @@ def test_sign_and_encrypt_with_a_username(secure_plant, tmp_path, caplog):
     def source(**options):
         return opcua_source(secure_plant.opcua_url, {"speed": PUMP["speed"]},
                             security="encrypt", cert_dir=cert_dir, connect_timeout=15.0,
-                            **options)
+                            trust="first-use", **options)
 
     async def main():
         async with source(username=USER, password=PASSWORD) as src:

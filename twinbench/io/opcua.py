@@ -38,9 +38,18 @@ Security
 certificate: ``certificate`` and ``private_key`` files, or a self-signed pair generated on first use
 in ``cert_dir`` (default ``$XDG_DATA_HOME/twinbench/opcua``, that is
 ``~/.local/share/twinbench/opcua``)
-and reused afterwards; servers must trust it. ``server_certificate`` pins the server's certificate;
-without it the certificate the server presents is used (checked against a trust list in a later
-release). ``username`` and ``password`` come from the arguments, else the environment variables
+and reused afterwards; servers must trust it.
+
+The server's certificate is checked before anything is sent under it. ``server_certificate`` pins
+one certificate. Otherwise the certificate the server presents must be in the trust list, a folder
+of certificate files (``trust_dir``, default ``<cert_dir>/trusted``): ``trust="list"`` (the
+default) refuses any other with :class:`UntrustedCertificate`, which names the certificate's
+subject and SHA-256 fingerprint and how to trust it; ``trust="first-use"`` stores the certificate
+a server presents the first time (logging a WARNING with its fingerprint) and refuses a different
+one from that server later. :func:`trust_certificate` (or ``twinbench trust URL``) trusts a
+server's certificate, or a certificate file, explicitly.
+
+``username`` and ``password`` come from the arguments, else the environment variables
 ``TWINBENCH_OPCUA_USERNAME`` and ``TWINBENCH_OPCUA_PASSWORD``, else (password only, when the
 optional ``keyring`` package is installed) the keyring entry ``service="twinbench-opcua"``,
 ``username="<user>@<host>:<port>"``. The password never appears in ``status``, ``repr``, exception
@@ -58,9 +67,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import hashlib
 import logging
 import math
 import os
+import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -84,11 +97,14 @@ from twinbench.io.decode import DecodeStats, RateLimitedLog, Reject
 from twinbench.io.tags import OpcUaAddress, TagMap, tag_map
 
 __all__ = ["ENV_PASSWORD", "ENV_USERNAME", "KEYRING_SERVICE", "OVERFLOW_POLICIES", "SECURITY_MODES",
-           "OpcUaSource", "opcua_source"]
+           "TRUST_MODES", "CertificateInfo", "OpcUaSource", "UntrustedCertificate",
+           "certificate_fingerprint", "certificate_info", "fetch_server_certificate",
+           "opcua_source", "trust_certificate"]
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest")
 SECURITY_MODES = ("none", "sign", "encrypt")
 TIMESTAMPS = ("source", "server", "receive")
+TRUST_MODES = ("list", "first-use")
 ENV_USERNAME = "TWINBENCH_OPCUA_USERNAME"
 ENV_PASSWORD = "TWINBENCH_OPCUA_PASSWORD"
 KEYRING_SERVICE = "twinbench-opcua"
@@ -111,6 +127,7 @@ def opcua_source(url: str, tags: Any, *, publishing_interval: float = 100.0,
                  private_key: str | os.PathLike[str] | None = None,
                  cert_dir: str | os.PathLike[str] | None = None,
                  server_certificate: str | os.PathLike[str] | None = None,
+                 trust: str = "list", trust_dir: str | os.PathLike[str] | None = None,
                  username: str | None = None, password: str | None = None,
                  connect_timeout: float = 5.0, request_timeout: float = 5.0,
                  write_timeout: float = 5.0, buffer_size: int = 1_000_000,
@@ -148,7 +165,17 @@ def opcua_source(url: str, tags: Any, *, publishing_interval: float = 100.0,
     cert_dir : path, optional
         Where the generated client certificate lives (default ``~/.local/share/twinbench/opcua``).
     server_certificate : path, optional
-        Pin the server's certificate (DER or PEM).
+        Pin the server's certificate (DER or PEM): only this one is accepted, whatever the
+        trust list holds.
+    trust : {"list", "first-use"}, default "list"
+        How the server's certificate is checked when none is pinned. ``"list"``: it must be in
+        the trust list, else ``start()`` raises :class:`UntrustedCertificate`. ``"first-use"``:
+        trust on first use, an explicit choice: the certificate a server presents the first
+        time is stored in the trust list (with a WARNING naming its fingerprint), and later a
+        different certificate from that server is refused.
+    trust_dir : path, optional
+        The trust list: a folder of server certificates (DER or PEM files). Default
+        ``<cert_dir>/trusted``.
     username, password : str, optional
         User identity; default from ``TWINBENCH_OPCUA_USERNAME`` / ``TWINBENCH_OPCUA_PASSWORD``
         or the keyring, else anonymous. Use with ``security="encrypt"`` so that the password is
@@ -183,6 +210,8 @@ def opcua_source(url: str, tags: Any, *, publishing_interval: float = 100.0,
     ...                    security="encrypt", username="operator", password="s3cret")
     >>> src.port, src.security, src.status["username"], "s3cret" in repr(src) + str(src.status)
     (4840, 'encrypt', 'operator', False)
+    >>> src.trust, src.trust_dir.name
+    ('list', 'trusted')
     >>> opcua_source("mqtt://localhost", {"speed": "ns=2;s=Pump1.speed"})
     Traceback (most recent call last):
     ...
@@ -221,8 +250,15 @@ def opcua_source(url: str, tags: Any, *, publishing_interval: float = 100.0,
         raise ValueError("certificate, private_key: give both or neither")
     if security == "none" and (certificate is not None or server_certificate is not None):
         raise ValueError("certificate, server_certificate: need security='sign' or 'encrypt'")
-    if cert_dir is not None and not isinstance(cert_dir, (str, os.PathLike)):
-        raise TypeError(f"cert_dir: expected a path or None, got {type(cert_dir).__name__}")
+    for name, value in (("cert_dir", cert_dir), ("trust_dir", trust_dir)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{name}: expected a path or None, got {type(value).__name__}")
+    if trust not in TRUST_MODES:
+        raise ValueError(f"trust: expected one of {TRUST_MODES}, got {trust!r}")
+    if security == "none" and (trust != "list" or trust_dir is not None):
+        raise ValueError("trust, trust_dir: need security='sign' or 'encrypt' (without security "
+                         "the server presents no certificate)")
+    cert_path = Path(cert_dir) if cert_dir is not None else _default_cert_dir()
     username, password = credentials(username, password, env_username=ENV_USERNAME,
                                      env_password=ENV_PASSWORD, keyring_service=KEYRING_SERVICE,
                                      account=f"{host}:{port}")
@@ -232,8 +268,9 @@ def opcua_source(url: str, tags: Any, *, publishing_interval: float = 100.0,
         timestamps=timestamps, security=security,
         certificate=None if certificate is None else os.fspath(certificate),
         private_key=None if private_key is None else os.fspath(private_key),
-        cert_dir=Path(cert_dir) if cert_dir is not None else _default_cert_dir(),
+        cert_dir=cert_path,
         server_certificate=None if server_certificate is None else os.fspath(server_certificate),
+        trust=trust, trust_dir=Path(trust_dir) if trust_dir is not None else cert_path / "trusted",
         username=username, password=password,
         connect_timeout=check_timeout(connect_timeout, "connect_timeout"),
         request_timeout=check_timeout(request_timeout, "request_timeout"),
@@ -289,6 +326,410 @@ def _default_cert_dir() -> Path:
     return Path(base) / "twinbench" / "opcua"
 
 
+# asyncua's socket protocol logs every request it sends at DEBUG, ActivateSessionRequest with its
+# identity token too: the password in clear where the token policy does not encrypt it (the
+# channel does). Its records are redacted before any handler sees them.
+_ASYNCUA_REQUEST_LOGGER = "asyncua.client.ua_client.UASocketProtocol"
+
+
+class _RedactIdentityTokens(logging.Filter):
+    """Replace the identity token of any logged request (ActivateSessionRequest) by a mark."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(_holds_identity(a) for a in args):
+            record.args = tuple(_without_identity(a) for a in args)
+        return True
+
+
+def _holds_identity(value: Any) -> bool:
+    # ActivateSessionRequest.Parameters.UserIdentityToken (or the parameters logged alone)
+    return hasattr(value, "UserIdentityToken") or hasattr(getattr(value, "Parameters", None),
+                                                           "UserIdentityToken")
+
+
+def _without_identity(value: Any) -> Any:
+    if not _holds_identity(value):
+        return value
+    try:
+        if hasattr(value, "UserIdentityToken"):
+            return dataclasses.replace(value, UserIdentityToken="<hidden by twinbench>")
+        return dataclasses.replace(value, Parameters=_without_identity(value.Parameters))
+    except TypeError:  # not a dataclass: its type is all that may be shown
+        return f"{type(value).__name__}(<hidden by twinbench>)"
+
+
+_REDACTION = _RedactIdentityTokens()
+
+
+def _redact_asyncua_logs() -> None:
+    logger = logging.getLogger(_ASYNCUA_REQUEST_LOGGER)
+    if _REDACTION not in logger.filters:
+        logger.addFilter(_REDACTION)
+
+
+# -- the trust list ------------------------------------------------------------------------------
+
+_CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
+
+
+@dataclasses.dataclass(frozen=True)
+class CertificateInfo:
+    """A certificate as the trust list sees it.
+
+    Attributes
+    ----------
+    subject : str
+        The subject, RFC 4514 (``"O=twinbench,CN=twinbench plant"``).
+    fingerprint : str
+        SHA-256 of the DER bytes, colon-separated hex (what ``openssl x509 -fingerprint
+        -sha256`` prints).
+    not_valid_after : str
+        End of validity, ISO 8601 UTC.
+    der : bytes
+        The certificate (DER).
+    path : Path or None
+        Where it is stored in the trust list, once stored.
+    """
+
+    subject: str
+    fingerprint: str
+    not_valid_after: str
+    der: bytes = dataclasses.field(repr=False)
+    path: Path | None = None
+
+
+class UntrustedCertificate(ConnectionError):
+    """The server presented a certificate that is not trusted: not in the trust list, not the
+    pinned one, or not the one first trusted for that server.
+
+    Attributes
+    ----------
+    url : str
+        The server.
+    certificate : CertificateInfo
+        What it presented (``subject``, ``fingerprint``, ``der``).
+
+    Examples
+    --------
+    >>> info = CertificateInfo("CN=plant", "AB:CD", "2030-01-01T00:00:00+00:00", b"")
+    >>> str(UntrustedCertificate("opc.tcp://h:4840", info, "it is not in the trust list", ""))
+    "OpcUaSource opc.tcp://h:4840: the server's certificate (subject 'CN=plant', SHA-256 fingerprint AB:CD) is refused: it is not in the trust list."
+    """
+
+    def __init__(self, url: str, certificate: CertificateInfo, reason: str, advice: str) -> None:
+        self.url = url
+        self.certificate = certificate
+        text = (f"OpcUaSource {url}: the server's certificate (subject {certificate.subject!r}, "
+                f"SHA-256 fingerprint {certificate.fingerprint}) is refused: {reason}.")
+        super().__init__(f"{text} {advice}" if advice else text)
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """SHA-256 of a DER certificate as colon-separated upper-case hex.
+
+    Examples
+    --------
+    >>> certificate_fingerprint(b"")[:11]
+    'E3:B0:C4:42'
+    """
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def certificate_info(certificate: bytes | str | os.PathLike[str]) -> CertificateInfo:
+    """Subject, SHA-256 fingerprint and validity of a certificate (DER bytes, or a DER or PEM
+    file).
+
+    Examples
+    --------
+    >>> certificate_info(b"not a certificate")
+    Traceback (most recent call last):
+    ...
+    ValueError: certificate: expected an X.509 certificate (DER or PEM), got 17 bytes that are not one
+    """
+    if isinstance(certificate, (bytes, bytearray)):
+        der, path = _first_certificate(bytes(certificate), "certificate"), None
+    elif isinstance(certificate, (str, os.PathLike)):
+        path = Path(certificate)
+        der = _read_certificate(path)
+    else:
+        raise TypeError(f"certificate: expected DER bytes or a path, got "
+                        f"{type(certificate).__name__}")
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    return CertificateInfo(cert.subject.rfc4514_string(), certificate_fingerprint(der),
+                           cert.not_valid_after_utc.isoformat(), der, path)
+
+
+def _first_certificate(data: bytes, what: str) -> bytes:
+    """The first certificate of DER `data` (servers may send a chain) as DER bytes."""
+    from asyncua.crypto.uacrypto import x509_from_der
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        cert = x509_from_der(data)
+    except (ValueError, IndexError):
+        cert = None
+    if cert is None:
+        raise ValueError(f"{what}: expected an X.509 certificate (DER or PEM), got "
+                         f"{len(data)} bytes that are not one")
+    return cert.public_bytes(Encoding.DER)
+
+
+def _read_certificate(path: Path) -> bytes:
+    """The certificate in a DER or PEM file, as DER."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FileNotFoundError(f"certificate: cannot read {os.fspath(path)!r} "
+                                f"({exc.strerror or exc})") from None
+    if data.lstrip().startswith(b"-----BEGIN"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        try:
+            return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+        except ValueError:
+            raise ValueError(f"certificate: {os.fspath(path)!r} is not a PEM certificate") \
+                from None
+    return _first_certificate(data, f"certificate {os.fspath(path)!r}")
+
+
+def _trust_list(trust_dir: Path) -> dict[str, Path]:
+    """Fingerprint -> file of every certificate in `trust_dir` (a file that is not one is
+    skipped with a warning: one bad file must not stop every connection)."""
+    found: dict[str, Path] = {}
+    try:
+        files = sorted(p for p in trust_dir.iterdir()
+                       if p.suffix.lower() in _CERT_SUFFIXES and p.is_file())
+    except FileNotFoundError:
+        return found
+    for path in files:
+        try:
+            found.setdefault(certificate_fingerprint(_read_certificate(path)), path)
+        except (OSError, ValueError) as exc:
+            _logger.warning("opcua trust list: skipping %s (%s)", path, exc)
+    return found
+
+
+def _server_record(trust_dir: Path, host: str, port: int) -> Path:
+    """The file that holds the certificate trusted for ``host:port`` (on first use, or by
+    :func:`trust_certificate` with a URL)."""
+    return trust_dir / f"{re.sub(r'[^A-Za-z0-9.-]', '_', host)}_{port}.der"
+
+
+def _store(path: Path, der: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Written aside and renamed: a reader never sees half a certificate.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(der)
+    os.replace(tmp, path)
+    return path
+
+
+def _trust_advice(url: str, trust_dir: Path) -> str:
+    return (f"If this fingerprint is the one the server's administrator gives you, trust the "
+            f"certificate: `twinbench trust {url} --trust-dir {trust_dir} --yes`, or "
+            f"twinbench.io.opcua.trust_certificate({url!r}, trust_dir={os.fspath(trust_dir)!r}), "
+            f"or copy the certificate file into {trust_dir}; or connect with trust='first-use' "
+            f"to trust whatever this server presents the first time")
+
+
+def _check_server_certificate(presented: bytes, *, url: str, host: str, port: int, trust: str,
+                              trust_dir: Path, pinned: str | None) -> bytes:
+    """`presented` if the pin, the trust list or (first use) this server's record accepts it;
+    else UntrustedCertificate."""
+    if pinned is not None:
+        wanted = _read_certificate(Path(pinned))
+        if presented != wanted:
+            raise UntrustedCertificate(
+                url, certificate_info(presented),
+                f"it is not the pinned server_certificate {pinned!r} (SHA-256 fingerprint "
+                f"{certificate_fingerprint(wanted)})",
+                "Pin the server's current certificate, or leave server_certificate out to use "
+                "the trust list")
+        return presented
+    fingerprint = certificate_fingerprint(presented)
+    record = _server_record(trust_dir, host, port)
+    if trust == "first-use" and record.is_file():
+        first = _read_certificate(record)
+        if first != presented:
+            raise UntrustedCertificate(
+                url, certificate_info(presented),
+                f"it differs from the certificate first trusted for {host}:{port} (SHA-256 "
+                f"fingerprint {certificate_fingerprint(first)}, in {record})",
+                f"If the server's certificate was replaced on purpose, check the new fingerprint "
+                f"with its administrator and trust it with `twinbench trust {url} --trust-dir "
+                f"{trust_dir} --yes` (which replaces {record.name}); otherwise something else may "
+                f"be answering in the server's place")
+        return presented
+    if fingerprint in _trust_list(trust_dir):
+        if trust == "first-use":
+            _store(record, presented)  # from now on this server must present this certificate
+        return presented
+    if trust == "first-use":
+        info = certificate_info(presented)
+        _store(record, presented)
+        _logger.warning("opcua %s: trusting the server's certificate on first use (subject %r, "
+                        "SHA-256 fingerprint %s), stored in %s; a different certificate from "
+                        "this server will be refused", url, info.subject, fingerprint, record)
+        return presented
+    raise UntrustedCertificate(url, certificate_info(presented),
+                               f"it is not in the trust list {trust_dir}",
+                               _trust_advice(url, trust_dir))
+
+
+def _endpoint_certificate(endpoints: list[Any], mode: Any, policy_uri: str) -> bytes | None:
+    """The certificate of the endpoint with `mode` and `policy_uri` (None if none offers it)."""
+    for ep in endpoints:
+        if ep.SecurityMode == mode and ep.SecurityPolicyUri == policy_uri and ep.ServerCertificate:
+            return _first_certificate(ep.ServerCertificate, "the server's certificate")
+    return None
+
+
+def _offered(endpoints: list[Any]) -> str:
+    offered = {f"{ep.SecurityPolicyUri.rsplit('#', 1)[-1]}/{ep.SecurityMode.name}"
+               for ep in endpoints}
+    return ", ".join(sorted(offered)) or "no endpoints"
+
+
+async def fetch_server_certificate(url: str, *, timeout: float = 5.0) -> CertificateInfo:
+    """The certificate an OPC-UA server presents (asked over an unsecured discovery channel,
+    which servers offer for this: check the fingerprint before trusting it).
+
+    Parameters
+    ----------
+    url : str
+        ``opc.tcp://host:port[/path]``.
+    timeout : float, default 5.0
+        Seconds for the whole exchange.
+
+    Returns
+    -------
+    CertificateInfo
+        The certificate of the server's Basic256Sha256 endpoints (else of any endpoint).
+
+    Examples
+    --------
+    >>> import asyncio
+    >>> asyncio.run(fetch_server_certificate("opc.tcp://127.0.0.1:1", timeout=2))
+    Traceback (most recent call last):
+    ...
+    ConnectionError: opc.tcp://127.0.0.1:1: cannot connect to ask for the server's certificate (Connect call failed ('127.0.0.1', 1))
+    """
+    _parse_url(url)
+    timeout = check_timeout(timeout, "timeout")
+    from asyncua import Client
+    from asyncua.crypto import security_policies
+
+    client = Client(url, timeout=timeout)
+    try:
+        endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"{url}: no endpoint list within {timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectionError(f"{url}: cannot connect to ask for the server's certificate "
+                              f"({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a protocol error: say which
+        raise ConnectionError(f"{url}: cannot get the endpoint list ({type(exc).__name__}: "
+                              f"{exc})") from None
+    uri = security_policies.SecurityPolicyBasic256Sha256.URI
+    ordered = sorted(endpoints, key=lambda ep: ep.SecurityPolicyUri != uri)
+    for ep in ordered:
+        if ep.ServerCertificate:
+            return certificate_info(_first_certificate(ep.ServerCertificate,
+                                                       "the server's certificate"))
+    raise ConnectionError(f"{url}: the server presents no certificate (it offers "
+                          f"{_offered(endpoints)})")
+
+
+def _run_coroutine(make: Any) -> Any:
+    """Run the coroutine `make()` returns to completion, from sync code; on a worker thread when
+    this thread already runs a loop (a notebook cell)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = asyncio.run(make())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="twinbench-opcua-trust", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def trust_certificate(certificate: str | os.PathLike[str] | bytes, *,
+                      trust_dir: str | os.PathLike[str] | None = None,
+                      cert_dir: str | os.PathLike[str] | None = None,
+                      server: str | None = None, timeout: float = 5.0) -> CertificateInfo:
+    """Put a server's certificate in the trust list, explicitly.
+
+    Check the printed fingerprint against the one the server's administrator gives you: what a
+    server presents over the network is only as trustworthy as the network.
+
+    Parameters
+    ----------
+    certificate : str, path or bytes
+        An ``opc.tcp://`` URL (the certificate is fetched from the server, and stored as the one
+        trusted for that host and port, replacing an earlier one), a certificate file (DER or
+        PEM), or DER bytes.
+    trust_dir : path, optional
+        The trust list; default ``<cert_dir>/trusted``, as for :func:`opcua_source`.
+    cert_dir : path, optional
+        Default ``~/.local/share/twinbench/opcua``.
+    server : str, optional
+        With a file or bytes: the ``opc.tcp://`` URL of the server this certificate belongs to;
+        it is stored as the one trusted for that host and port (as a URL `certificate` is), so
+        that ``trust="first-use"`` accepts it too.
+    timeout : float, default 5.0
+        Seconds for fetching from a URL.
+
+    Returns
+    -------
+    CertificateInfo
+        Subject, fingerprint and where it was stored (``path``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> trust_certificate(b"junk", trust_dir=tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    ValueError: certificate: expected an X.509 certificate (DER or PEM), got 4 bytes that are not one
+    """
+    for name, value in (("trust_dir", trust_dir), ("cert_dir", cert_dir)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{name}: expected a path or None, got {type(value).__name__}")
+    folder = (Path(trust_dir) if trust_dir is not None
+              else (Path(cert_dir) if cert_dir is not None else _default_cert_dir()) / "trusted")
+    if isinstance(certificate, str) and certificate.startswith("opc.tcp://"):
+        if server is not None:
+            raise ValueError("server: give it with a certificate file or bytes, not with a URL")
+        server = certificate
+        info = _run_coroutine(lambda: fetch_server_certificate(certificate, timeout=timeout))
+    else:
+        info = certificate_info(certificate)
+    if server is not None:
+        host, port = _parse_url(server)
+        path = _store(_server_record(folder, host, port), info.der)
+    else:
+        path = _store(folder / f"sha256-{info.fingerprint.replace(':', '')[:16].lower()}.der",
+                      info.der)
+    _logger.info("opcua trust list: trusted %r (SHA-256 fingerprint %s), stored in %s",
+                 info.subject, info.fingerprint, path)
+    return dataclasses.replace(info, path=path)
+
+
 def _status_name(code: Any) -> str:
     from asyncua import ua
 
@@ -312,8 +753,8 @@ class OpcUaSource(LiveSource):
                  publishing_interval: float, sampling_interval: float, queue_size: int,
                  deadband: tuple[int, float] | None, timestamps: str, security: str,
                  certificate: str | None, private_key: str | None, cert_dir: Path,
-                 server_certificate: str | None, username: str | None, password: str | None,
-                 connect_timeout: float, request_timeout: float, write_timeout: float,
+                 server_certificate: str | None, trust: str, trust_dir: Path,
+                 username: str | None, password: str | None, connect_timeout: float, request_timeout: float, write_timeout: float,
                  buffer_size: int, overflow: str, max_batch: int,
                  max_items_per_subscription: int, reconnect_max_delay: float,
                  max_clock_skew: float, missing: str) -> None:
@@ -331,6 +772,9 @@ class OpcUaSource(LiveSource):
         self.private_key = private_key
         self.cert_dir = cert_dir
         self.server_certificate = server_certificate
+        self.trust = trust
+        self.trust_dir = trust_dir
+        self.server_fingerprint: str | None = None  # of the certificate checked at connect
         self.username = username
         self.__password = password  # name-mangled and never in status/repr/messages
         self.connect_timeout = connect_timeout
@@ -384,12 +828,14 @@ class OpcUaSource(LiveSource):
         ``failed``: tags that could not be monitored, with their status code; ``disconnects``,
         ``reconnects``, ``gaps``, ``disconnected_since`` (ISO UTC, None while connected);
         ``writes`` and ``write_errors``: tags written and refused; ``decode``: value problems by
-        reason (wrong_type, non_finite, bad_timestamp, future_timestamp).
+        reason (wrong_type, non_finite, bad_timestamp, future_timestamp);
+        ``server_fingerprint``: SHA-256 of the server certificate accepted at connect.
         """
         since = self._gap_since_ns
         down = None if since is None else str(np.datetime64(since, "ns")) + "Z"
         return {"connected": self._connected, "disconnected_since": down, "url": self.url,
-                "security": self.security, "username": self.username,
+                "security": self.security, "trust": self.trust,
+                "server_fingerprint": self.server_fingerprint, "username": self.username,
                 "password_set": self.__password is not None,
                 "subscriptions": len(self._subscriptions),
                 "items": len(self.tags) - len(self._failed), "failed": dict(self._failed),
@@ -411,6 +857,9 @@ class OpcUaSource(LiveSource):
         ------
         TimeoutError
             No connection within ``connect_timeout`` (names the URL).
+        UntrustedCertificate
+            The server's certificate is not in the trust list (or not the pinned one, or not
+            the one first trusted for this server); a subclass of ConnectionError.
         ConnectionError
             The server refused the connection or the security settings.
         PermissionError
@@ -457,23 +906,39 @@ class OpcUaSource(LiveSource):
         client.session_timeout = 600_000  # what asyncua servers grant; asking more only warns
         client.name = client.description = "twinbench"
         client.connection_lost_callback = self._on_connection_lost
+        _redact_asyncua_logs()
         if self.security != "none":
             certificate, private_key = self.certificate, self.private_key
             if certificate is None:
                 certificate, private_key = await self._own_certificate(client)
             mode = (ua.MessageSecurityMode.Sign if self.security == "sign"
                     else ua.MessageSecurityMode.SignAndEncrypt)
+            policy = security_policies.SecurityPolicyBasic256Sha256
             try:
-                await asyncio.wait_for(client.set_security(
-                    security_policies.SecurityPolicyBasic256Sha256, str(certificate),
-                    str(private_key), server_certificate=self.server_certificate, mode=mode),
-                    self.connect_timeout)
+                endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(),
+                                                   self.connect_timeout)
             except TimeoutError:
                 raise TimeoutError(f"OpcUaSource {self.url}: no endpoint list within "
                                    f"{self.connect_timeout:g} s") from None
-            except Exception as exc:  # noqa: BLE001 - e.g. no such endpoint on the server
+            except Exception as exc:  # noqa: BLE001 - sorted into clear errors
+                raise _connect_error(self.url, self.username, exc) from None
+            presented = _endpoint_certificate(endpoints, mode, policy.URI)
+            if presented is None:
                 raise ConnectionError(f"OpcUaSource {self.url}: security {self.security!r} "
-                                      f"(Basic256Sha256) is not available: {exc}") from None
+                                      f"(Basic256Sha256) is not available: the server offers "
+                                      f"{_offered(endpoints)}")
+            # asyncua then encrypts to this certificate's key and, when the session is created,
+            # refuses a server whose certificate differs: the checked certificate is the one used.
+            trusted = _check_server_certificate(
+                presented, url=self.url, host=self.host, port=self.port, trust=self.trust,
+                trust_dir=self.trust_dir, pinned=self.server_certificate)
+            self.server_fingerprint = certificate_fingerprint(trusted)
+            try:
+                await client.set_security(policy, str(certificate), str(private_key),
+                                          server_certificate=trusted, mode=mode)
+            except Exception as exc:  # noqa: BLE001 - e.g. an unreadable client certificate
+                raise ConnectionError(f"OpcUaSource {self.url}: cannot set up security "
+                                      f"{self.security!r} (Basic256Sha256): {exc}") from None
         if self.username is not None:
             client.set_user(self.username)
             if self.__password is not None:
