@@ -155,25 +155,46 @@ def _record(args: argparse.Namespace) -> int:
 
 def _plant(args: argparse.Namespace) -> int:
     import os
+    import secrets
 
     from twinbench.plant import run_plant
 
     users = None
+    announce: list[str] = []
+    password = os.environ.get("TWINBENCH_PLANT_PASSWORD")
+    if args.secure:
+        if args.classroom is not None:
+            print("twinbench plant: --secure serves one plant; leave out --classroom",
+                  file=sys.stderr)
+            return 2
+        if args.security != "none":
+            print("twinbench plant: --secure serves SignAndEncrypt only; leave out --security",
+                  file=sys.stderr)
+            return 2
+        args.user = args.user or "operator"
+        if password:
+            announce.append(f"user {args.user}; password from TWINBENCH_PLANT_PASSWORD")
+        else:
+            password = secrets.token_urlsafe(18)
+            # Printed here once, on stdout only: never logged, never stored by the plant.
+            announce.append(f"user {args.user}; generated password (shown only now): "
+                            f"{password}")
     if args.user:
-        password = os.environ.get("TWINBENCH_PLANT_PASSWORD")
         if not password:
             print("twinbench plant: --user needs the password in TWINBENCH_PLANT_PASSWORD",
                   file=sys.stderr)
             return 2
         users = {args.user: password}
+    options = {"secure": True} if args.secure else {}
     try:
         return run_plant(classroom=args.classroom, host=args.host, opcua_port=args.opcua_port,
                          mqtt=args.mqtt,
                          wind=args.wind, faults=args.fault or (), seed=args.seed,
                          speedup=args.speedup, rate=args.rate, bench_tags=args.bench_tags,
                          bench_rate=args.bench_rate, security=args.security, users=users,
-                         state_dir=args.state_dir, mqtt_qos=args.mqtt_qos)
-    except (ValueError, TypeError, OSError) as exc:
+                         state_dir=args.state_dir, mqtt_qos=args.mqtt_qos, announce=announce,
+                         **options)
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"twinbench plant: {exc}", file=sys.stderr)
         return 2
 
@@ -295,10 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="OPC-UA security policies offered (default none)")
     pl.add_argument("--user", default=None, metavar="NAME",
                     help="require this user; password from TWINBENCH_PLANT_PASSWORD")
+    pl.add_argument("--secure", action="store_true",
+                    help="authentication on both protocols: OPC-UA SignAndEncrypt only with a "
+                         "user (--user, default 'operator'), MQTT over TLS (mqtts://, CA and "
+                         "server certificate made in --state-dir) with a password file; the "
+                         "password from TWINBENCH_PLANT_PASSWORD, else generated and printed "
+                         "once")
     pl.add_argument("--mqtt-qos", type=int, default=0, choices=(0, 1, 2),
                     help="QoS of the telemetry (default 0; commands and acks use 1)")
     pl.add_argument("--state-dir", default=None, metavar="DIR",
-                    help="where the server certificate is kept")
+                    help="where the server certificates (and with --secure the MQTT CA) are "
+                         "kept (default ~/.local/share/twinbench/plant)")
     pl.add_argument("--classroom", type=int, default=None, metavar="N",
                     help="serve N independent plants (1..64), one per student, on consecutive "
                          "OPC-UA ports from --opcua-port; seeds SEED+i, MQTT topics "

@@ -14,6 +14,9 @@ pump, and a wind turbine if asked, and serves them:
   ``plant/pump1/command`` acknowledged on ``plant/pump1/ack``.
 - ``--classroom N`` (:class:`Classroom`): N independent plants on consecutive OPC-UA ports, one
   per student, seeds ``seed + i``, MQTT topics ``plant/studentNN/pump1/...`` on one broker.
+- ``--secure`` (``Plant(secure=True)``): OPC-UA SignAndEncrypt only with a user, and MQTT over
+  TLS (``mqtts://``, a CA and server certificate generated in the state directory) with a
+  password file; the password from ``TWINBENCH_PLANT_PASSWORD``, else generated and printed once.
 - :class:`PlantProcess`: ``twinbench plant`` in a subprocess (benchmarks, tests, notebooks).
 - Faults: ``bearing_wear[:factor]``, ``drift:<tag>:<rate/h>``, ``stuck:<tag>``,
   ``dropout:<tag>``, ``comm_loss[:seconds]``.

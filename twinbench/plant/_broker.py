@@ -1,5 +1,8 @@
 """A broker for the plant when none is given: mosquitto if installed, else embedded amqtt.
 
+``twinbench plant --secure`` needs mosquitto: one TLS listener (the plant's CA and server
+certificate, :mod:`twinbench.plant._tls`) and a password file, anonymous clients refused.
+
 mosquitto runs with ``max_queued_messages 100000``: its default (1000) drops QoS 1 messages
 for a slow subscriber (measured in ../shared/STACK-NOTES.md); and with ``set_tcp_nodelay true``:
 with Nagle's algorithm on, small messages meet the subscriber's delayed ACKs and wait up to
@@ -17,8 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from twinbench.plant._tls import BrokerCertificates, mosquitto_password_file
 
 __all__ = ["EmbeddedBroker", "Mosquitto", "find_mosquitto", "start_broker"]
 
@@ -69,21 +75,37 @@ def _parent_death_signal() -> Any:
 
 
 class Mosquitto:
-    """A mosquitto process on a free loopback port (``url``), config in a temporary directory."""
+    """A mosquitto process on a free loopback port (``url``), config in a temporary directory.
 
-    def __init__(self, binary: str) -> None:
+    With `tls` (and `users`, name -> password): ``mqtts://`` with that certificate, only those
+    users, no anonymous clients.
+    """
+
+    def __init__(self, binary: str, tls: BrokerCertificates | None = None,
+                 users: Mapping[str, str] | None = None) -> None:
+        if tls is not None and not users:
+            raise ValueError("users: a TLS broker needs at least one user")
         self.binary = binary
         self.port = _free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{self.port}"
         self.kind = "mosquitto"
         self._dir = tempfile.TemporaryDirectory(prefix="twinbench-plant-mosquitto-")
         self.config = Path(self._dir.name) / "mosquitto.conf"
         # as root, mosquitto would switch to its own user, which also clears the parent-death
         # signal (_parent_death_signal): stay root instead (it only reads this config)
         user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
-        self.config.write_text(f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                               "persistence false\nmax_queued_messages 100000\n"
-                               "set_tcp_nodelay true\n")
+        common = "persistence false\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
+        if tls is None:
+            self.config.write_text(f"{user}listener {self.port} 127.0.0.1\n"
+                                   f"allow_anonymous true\n{common}")
+        else:
+            passwords = mosquitto_password_file(Path(self._dir.name) / "passwd", dict(users or {}))
+            self.config.write_text(
+                f"{user}per_listener_settings false\nallow_anonymous false\n"
+                f"password_file {passwords}\n{common}listener {self.port} 127.0.0.1\n"
+                f"cafile {tls.ca_file}\ncertfile {tls.certfile}\nkeyfile {tls.keyfile}\n"
+                "require_certificate false\n")
         self.log_path = Path(self._dir.name) / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -151,11 +173,20 @@ class EmbeddedBroker:
             await broker.shutdown()
 
 
-async def start_broker() -> Mosquitto | EmbeddedBroker | None:
-    """Start mosquitto if installed, else amqtt if importable; None (with a warning) if neither."""
+async def start_broker(tls: BrokerCertificates | None = None,
+                       users: Mapping[str, str] | None = None
+                       ) -> Mosquitto | EmbeddedBroker | None:
+    """Start mosquitto if installed, else amqtt if importable; None (with a warning) if neither.
+
+    With `tls` and `users`: mosquitto over TLS with a password file (RuntimeError without
+    mosquitto: the plant never falls back to an unprotected broker).
+    """
     binary = find_mosquitto()
+    if tls is not None and not binary:
+        raise RuntimeError("secure: MQTT over TLS needs mosquitto, which is not installed; "
+                           "install it, or run the plant with --mqtt none")
     if binary:
-        broker: Mosquitto | EmbeddedBroker = Mosquitto(binary)
+        broker: Mosquitto | EmbeddedBroker = Mosquitto(binary, tls, users)
         await broker.start()
         return broker
     try:

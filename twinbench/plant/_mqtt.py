@@ -14,6 +14,7 @@ import logging
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from twinbench.plant._sim import AssetSim, Reading
@@ -31,19 +32,33 @@ def topics(asset_key: str, prefix: str = "plant") -> dict[str, str]:
 
 
 class PlantMqtt:
-    """Publish telemetry and serve commands for `assets` on the broker at `url`."""
+    """Publish telemetry and serve commands for `assets` on the broker at `url`.
+
+    ``mqtts://`` connects over TLS, verifying the broker against `ca_file`; `username` and
+    `password` (or ``user:password@`` in an ``mqtt://`` URL) log in.
+    """
 
     def __init__(self, url: str, assets: list[AssetSim], *, qos: int,
                  on_command: Callable[[AssetSim, str, Any], Awaitable[Any]],
-                 connect_timeout: float = 10.0, prefix: str = "plant") -> None:
+                 connect_timeout: float = 10.0, prefix: str = "plant",
+                 ca_file: str | Path | None = None, username: str | None = None,
+                 password: str | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ValueError(f"mqtt: expected mqtt://host[:port], 'auto' or 'none', got {url!r}")
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            # the URL may hold a password: not echoed
+            raise ValueError("mqtt: expected mqtt://host[:port], mqtts://host[:port], 'auto' or "
+                             "'none'")
+        self.tls = parts.scheme == "mqtts"
+        if self.tls and ca_file is None:
+            raise ValueError("ca_file: an mqtts:// broker needs the CA file that signed it")
         self.url = url
         self.host = parts.hostname
-        self.port = parts.port or 1883
-        self._username = urllib.parse.unquote(parts.username) if parts.username else None
-        self._password = urllib.parse.unquote(parts.password) if parts.password else None
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.ca_file = ca_file
+        self._username = username or (urllib.parse.unquote(parts.username)
+                                      if parts.username else None)
+        self._password = password or (urllib.parse.unquote(parts.password)
+                                      if parts.password else None)
         self.assets = {a.key: a for a in assets}
         self.qos = qos
         self.on_command = on_command
@@ -59,7 +74,7 @@ class PlantMqtt:
     @property
     def public_url(self) -> str:
         """The broker URL without credentials."""
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         from paho.mqtt.client import CallbackAPIVersion, Client
@@ -69,6 +84,11 @@ class PlantMqtt:
         client.max_queued_messages_set(10000)
         if self._username:
             client.username_pw_set(self._username, self._password)
+        if self.tls:
+            import ssl
+
+            # CERT_REQUIRED and host name checking: the broker must be the one the CA signed
+            client.tls_set_context(ssl.create_default_context(cafile=str(self.ca_file)))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

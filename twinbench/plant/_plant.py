@@ -76,6 +76,13 @@ class Plant:
     topic_prefix : str
         First levels of the MQTT topics (``"plant"``: ``plant/pump1/telemetry``); plants sharing
         a broker need different ones (a classroom uses ``plant/student03``).
+    secure : bool
+        Serve both protocols with authentication: OPC-UA SignAndEncrypt only (no unsecured
+        endpoint; `security` must be left at its default or be ``("encrypt",)``), and with
+        ``mqtt="auto"`` a mosquitto over TLS (``mqtts://``) with a password file, its CA and
+        server certificate generated in `state_dir` (``mqtt-ca.pem`` is what clients trust,
+        :attr:`mqtt_ca_file`). Needs `users` (the same accounts on both); the publisher logs in
+        with the first. ``mqtt`` must be ``"auto"`` or ``"none"``.
 
     Examples
     --------
@@ -90,7 +97,7 @@ class Plant:
                  rate: float = 10.0, bench_tags: int = 0, bench_rate: float = 10.0,
                  security: Iterable[str] = ("none",), users: Mapping[str, str] | None = None,
                  state_dir: str | Path | None = None, mqtt_qos: int = 0,
-                 topic_prefix: str = "plant") -> None:
+                 topic_prefix: str = "plant", secure: bool = False) -> None:
         self.host = str(host)
         if isinstance(opcua_port, bool) or not isinstance(opcua_port, int) \
                 or not 0 <= opcua_port <= 65535:
@@ -110,6 +117,20 @@ class Plant:
         if isinstance(bench_tags, bool) or not isinstance(bench_tags, int) or bench_tags < 0:
             raise ValueError(f"bench_tags: expected a count >= 0, got {bench_tags!r}")
         self.bench_tags = bench_tags
+        if not isinstance(secure, bool):
+            raise TypeError(f"secure: expected True or False, got {secure!r}")
+        self.secure = secure
+        if secure:
+            if tuple(security if not isinstance(security, str) else security.split(",")) \
+                    not in (("none",), ("encrypt",)):
+                raise ValueError(f"security: secure=True serves SignAndEncrypt only; leave "
+                                 f"security out, got {security!r}")
+            security = ("encrypt",)
+            if not users:
+                raise ValueError("users: secure=True needs at least one user (name -> password)")
+            if self._mqtt_option not in (None, "auto"):
+                raise ValueError("mqtt: secure=True starts its own TLS broker: expected 'auto' or "
+                                 "'none'")
         if isinstance(security, str):
             security = security.split(",")
         self.security = tuple(dict.fromkeys(s.strip().lower() for s in security if s.strip()))
@@ -164,6 +185,13 @@ class Plant:
         return self._mqtt.public_url if self._mqtt is not None else None
 
     @property
+    def mqtt_ca_file(self) -> Path | None:
+        """With ``secure=True`` and MQTT: the CA file that signed the broker's certificate (what
+        an ``mqtts://`` client trusts); else None."""
+        tls = getattr(self._broker, "tls", None)
+        return tls.ca_file if tls is not None else None
+
+    @property
     def topics(self) -> dict[str, dict[str, str]]:
         """MQTT topics by asset key: ``{"pump1": {"telemetry": ..., "command": ..., "ack":
         ...}}`` (empty without MQTT)."""
@@ -198,16 +226,27 @@ class Plant:
             await server.start()
             self._server = server
             mqtt_url = self._mqtt_option
+            login: dict[str, Any] = {}
             if mqtt_url == "auto":
                 from twinbench.plant._broker import start_broker
 
-                self._broker = await start_broker()
+                tls = None
+                if self.secure:
+                    from twinbench.plant._opcua import default_state_dir
+                    from twinbench.plant._tls import broker_certificates
+
+                    assert self.users is not None
+                    tls = broker_certificates(self.state_dir or default_state_dir())
+                    user, password = next(iter(self.users.items()))
+                    login = {"ca_file": tls.ca_file, "username": user, "password": password}
+                self._broker = await start_broker(tls, self.users if self.secure else None)
                 mqtt_url = self._broker.url if self._broker is not None else None
             if mqtt_url is not None:
                 from twinbench.plant._mqtt import PlantMqtt
 
                 mqtt = PlantMqtt(mqtt_url, self.assets, qos=self.mqtt_qos,
-                                 on_command=self._on_mqtt_command, prefix=self.topic_prefix)
+                                 on_command=self._on_mqtt_command, prefix=self.topic_prefix,
+                                 **login)
                 await mqtt.start()
                 self._mqtt = mqtt
             loop = asyncio.get_running_loop()
@@ -321,16 +360,20 @@ class Plant:
         if self._mqtt is not None:
             broker = f"; broker {self._broker.kind} started by the plant" if self._broker else ""
             topics = ", ".join(t["telemetry"] for t in self.topics.values())
+            tls = (f"; TLS, CA file {self.mqtt_ca_file}; users {', '.join(sorted(self.users))}"
+                   if self.mqtt_ca_file is not None and self.users else "")
             lines.append(f"mqtt {self.mqtt_url} (telemetry {topics}; commands "
                          f"{self.topic_prefix}/<asset>/command, acks "
-                         f"{self.topic_prefix}/<asset>/ack{broker})")
+                         f"{self.topic_prefix}/<asset>/ack{broker}{tls})")
         return lines
 
 
-def run_plant(classroom: int | None = None, **options: Any) -> int:
+def run_plant(classroom: int | None = None, announce: Iterable[str] = (),
+              **options: Any) -> int:
     """Run a :class:`Plant` (or, with `classroom`, a
     :class:`~twinbench.plant._classroom.Classroom` of that many plants) until SIGINT or SIGTERM;
-    print the endpoints and ``twinbench plant ready`` when ready. Returns 0 after a clean stop.
+    print the endpoints, the lines of `announce` and ``twinbench plant ready`` when ready.
+    Returns 0 after a clean stop.
 
     Takes the keyword arguments of :class:`Plant`.
     """
@@ -351,7 +394,7 @@ def run_plant(classroom: int | None = None, **options: Any) -> int:
                 pass
         try:
             await served.start()
-            for line in served.describe():
+            for line in [*served.describe(), *announce]:
                 print(line, flush=True)
             print("twinbench plant ready", flush=True)
             await stop.wait()

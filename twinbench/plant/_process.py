@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from twinbench.app import free_port
 __all__ = ["PlantProcess"]
 
 READY_LINE = "twinbench plant ready"
+# `twinbench plant --secure` prints a generated password once; error messages must not repeat it
+_PASSWORD_LINE = re.compile(r"(generated password[^:]*: ).*")
 
 
 class PlantProcess:
@@ -40,6 +43,8 @@ class PlantProcess:
         The OPC-UA port (default: a free one).
     env : mapping, optional
         Extra environment variables.
+    stderr : path, optional
+        Append the plant's stderr (its warnings and errors) to this file; default: discarded.
 
     Examples
     --------
@@ -49,12 +54,14 @@ class PlantProcess:
     """
 
     def __init__(self, args: Sequence[str] = (), *, port: int | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 stderr: str | os.PathLike[str] | None = None) -> None:
         if isinstance(args, str):
             raise TypeError("args: expected a sequence of options, got a str")
         self.port = port or free_port()
         self.args = list(args)
         self.env = dict(env or {})
+        self.stderr = None if stderr is None else Path(stderr)
         self.opcua_url = f"opc.tcp://127.0.0.1:{self.port}/twinbench/plant"
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
@@ -64,6 +71,27 @@ class PlantProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def mqtt_url(self) -> str | None:
+        """The broker URL the plant printed (``mqtt://`` or, with ``--secure``, ``mqtts://``);
+        None before it is ready or without MQTT."""
+        for line in self.lines:
+            if line.startswith("mqtt "):
+                return line.split()[1]
+        return None
+
+    @property
+    def mqtt_ca_file(self) -> Path | None:
+        """With ``--secure``: the CA file the plant printed for its MQTT broker."""
+        for line in self.lines:
+            found = re.search(r"CA file (\S+?);", line)
+            if line.startswith("mqtt ") and found:
+                return Path(found.group(1))
+        return None
+
+    def _shown_lines(self) -> list[str]:
+        return [_PASSWORD_LINE.sub(r"\1<hidden>", line) for line in self.lines]
 
     def start(self, timeout: float = 30.0, *, wait: bool = True) -> PlantProcess:
         """Start the plant; with `wait`, return once it printed its ready line."""
@@ -77,9 +105,15 @@ class PlantProcess:
                "--mqtt", "none", *self.args]
         self.lines, self._ready = [], False
         self._lines = q = queue.Queue()
-        self.proc = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                            text=True, env=env)
+        if self.stderr is None:
+            self.proc = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                stderr=subprocess.DEVNULL,
+                                                stdin=subprocess.DEVNULL, text=True, env=env)
+        else:
+            with self.stderr.open("ab") as err:  # the child keeps its own copy of the fd
+                self.proc = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
+                                                    stdin=subprocess.DEVNULL, text=True,
+                                                    env=env)
 
         def read() -> None:
             assert proc.stdout is not None
@@ -104,11 +138,11 @@ class PlantProcess:
             except queue.Empty:
                 self.kill()
                 raise RuntimeError(f"the plant did not print its ready line within {timeout} s; "
-                                   f"printed {self.lines}") from None
+                                   f"printed {self._shown_lines()}") from None
             if line is None:
                 code = self.proc.wait(10)
                 raise RuntimeError(f"the plant exited with code {code} before it was ready; "
-                                   f"printed {self.lines}")
+                                   f"printed {self._shown_lines()}")
             self.lines.append(line)
             self._ready = line == READY_LINE
 
