@@ -198,13 +198,18 @@ async def refusals(plant: PlantProcess, cert_dir: Path, other_ca: Path) -> dict[
             plant.mqtt_url, {"speed": SPEED_TOPIC}, ca_file=other_ca, username=USER,
             password=SECRET),
     }
+    kinds = {}
     for name, make in attempts.items():
         src = make()
         with pytest.raises((PermissionError, ConnectionError)) as info:
             await src.start()
+        kinds[name] = type(info.value)
         texts.update(exception_texts(name, info.value))
         texts[f"{name} source"] = repr(src) + str(src.status)
-    assert isinstance(info.value, ConnectionError)
+    assert kinds == {"opcua wrong password": PermissionError,
+                     "opcua untrusted": UntrustedCertificate,
+                     "mqtt wrong password": ConnectionError,
+                     "mqtt untrusted broker": ConnectionError}
     for name, url in {"url with credentials (mqtt)": f"mqtts://{USER}:{SECRET}@127.0.0.1:1",
                       "url with credentials (opcua)": f"opc.tcp://{USER}:{SECRET}@h:4840"}.items():
         with pytest.raises(ValueError) as info:
