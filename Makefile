@@ -13,6 +13,10 @@ LABEXT_DIR     := extensions/jupyterlab-twinbench
 LABEXT_SOURCES := $(LABEXT_DIR)/package.json $(LABEXT_DIR)/yarn.lock $(LABEXT_DIR)/tsconfig.json \
                   $(shell find $(LABEXT_DIR)/src $(LABEXT_DIR)/style -type f)
 LABEXT_PREFIX  := $(VENV)/share/jupyter/labextensions/jupyterlab-twinbench
+# The Voila template for twinbench apps (`voila --template=twinbench`): sources, installed as they are.
+VOILA_TEMPLATE_DIR     := share/jupyter/voila/templates/twinbench
+VOILA_TEMPLATE_SOURCES := $(shell find $(VOILA_TEMPLATE_DIR) -type f)
+VOILA_TEMPLATE_PREFIX  := $(VENV)/share/jupyter/voila/templates/twinbench
 
 .PHONY: demo test bench setup system clean
 
@@ -25,7 +29,7 @@ test: setup
 bench: setup
 	$(BIN)/twinbench bench kernel
 
-setup: .stamp-install .stamp-labextension
+setup: .stamp-install .stamp-labextension .stamp-voila-template
 
 # System packages: a C compiler, Python headers and venv support to build; mosquitto (the MQTT
 # broker the tests and the plant run on loopback) and its C clients (the MQTT benchmark's
@@ -69,6 +73,14 @@ $(VENV)/.created: | .stamp-system
 	  && PATH="$(CURDIR)/$(BIN):$$PATH" jlpm build:prod
 	rm -rf $(LABEXT_PREFIX) && mkdir -p $(dir $(LABEXT_PREFIX))
 	cp -r twinbench/labextension $(LABEXT_PREFIX)
+	touch $@
+
+# The Voila template, copied where Voila looks for templates (`voila --template=twinbench`): a
+# wheel installs it there (setup.py's data_files), an editable install leaves it out. Copied
+# again when it changes. A copy, not a symlink, for the same reason as the extension's.
+.stamp-voila-template: $(VOILA_TEMPLATE_SOURCES) | .stamp-install
+	rm -rf $(VOILA_TEMPLATE_PREFIX) && mkdir -p $(dir $(VOILA_TEMPLATE_PREFIX))
+	cp -r $(VOILA_TEMPLATE_DIR) $(VOILA_TEMPLATE_PREFIX)
 	touch $@
 
 clean:

@@ -15,6 +15,10 @@ TWINBENCH_BUILD_ONLY=name[,name]
 The JupyterLab extension (extensions/jupyterlab-twinbench, built by `make setup` with jlpm into
 ``twinbench/labextension``) ships as package data and where JupyterLab looks for it,
 ``share/jupyter/labextensions/jupyterlab-twinbench``, when it was built before the package is.
+The Voila template (``share/jupyter/voila/templates/twinbench``, sources, nothing to build) is
+installed the same way, where Voila looks for templates, so that ``voila --template=twinbench``
+finds it. An editable install leaves data files out: ``make setup`` copies the template into the
+venv, and again when it changes.
 
 Run-time dispatch: each ``_x_avx2.pyx`` (one line: ``include "_x.pyx"``) is the same module built
 for x86-64-v3 (AVX2) with floating-point contraction off, so it rounds exactly like the baseline;
@@ -112,20 +116,27 @@ def _extensions() -> list[Extension]:
     return exts
 
 
-def _labextension_data_files() -> list[tuple[str, list[str]]]:
-    built = HERE / "twinbench" / "labextension"
-    target = Path("share/jupyter/labextensions/jupyterlab-twinbench")
+def _data_files() -> list[tuple[str, list[str]]]:
+    """The files a wheel installs under the environment's ``share/jupyter``: the built
+    JupyterLab extension (when it was built) and the Voila template."""
+    trees = [
+        (HERE / "twinbench" / "labextension",
+         Path("share/jupyter/labextensions/jupyterlab-twinbench")),
+        (HERE / "share" / "jupyter" / "voila" / "templates" / "twinbench",
+         Path("share/jupyter/voila/templates/twinbench")),
+    ]
     files: dict[str, list[str]] = {}
-    for path in sorted(built.rglob("*")):
-        if path.is_file():
-            where = str(target / path.parent.relative_to(built))
-            files.setdefault(where, []).append(str(path.relative_to(HERE)))
+    for built, target in trees:
+        for path in sorted(built.rglob("*")):
+            if path.is_file():
+                where = str(target / path.parent.relative_to(built))
+                files.setdefault(where, []).append(str(path.relative_to(HERE)))
     return sorted(files.items())
 
 
 setup(
     cmdclass={"build_ext": BuildExt},
-    data_files=_labextension_data_files(),
+    data_files=_data_files(),
     ext_modules=cythonize(
         _extensions(),
         compiler_directives={

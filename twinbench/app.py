@@ -1,16 +1,18 @@
 """Serve the dashboard notebook as a Voila app.
 
 Voila runs in a subprocess (it owns its own Tornado server and kernels); this module finds the
-notebook, builds the command line, and starts and stops the server. The page it serves makes no
-off-host request: the dashboard shows Bokeh through jupyter_bokeh with BokehJS inline, and
-Voila's lab template, which links Font Awesome from a CDN, is replaced by ``twinbench``, a
-template that extends it without those links (``voila-style.js`` already bundles the icons).
+notebook, builds the command line, and starts and stops the server. The page is rendered with
+``twinbench``, the Voila template installed with the package (``share/jupyter/voila/templates/
+twinbench``: a header, a loading indicator, light and dark themes), and makes no off-host
+request: the template drops the lab template's CDN links and the dashboard shows Bokeh through
+jupyter_bokeh with BokehJS inline.
 
 Nothing here imports Voila, ipywidgets or Bokeh: ``import twinbench.app`` stays light.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -21,29 +23,16 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["VoilaServer", "dashboard_path", "dashboard_env", "free_port", "voila_command",
-           "voila_template_dir"]
+__all__ = ["VoilaServer", "dashboard_env", "dashboard_path", "free_port", "template_dir",
+           "voila_command"]
 
 #: The template name passed to ``voila --template``.
 TEMPLATE = "twinbench"
+#: The template in the source tree (what ``pip install`` installs under ``share/jupyter``).
+SOURCE_TEMPLATE = (Path(__file__).resolve().parents[1] / "share" / "jupyter" / "voila"
+                   / "templates" / TEMPLATE)
 
-# Voila's lab template links these from jsdelivr; offline the stylesheet requests fail (and on a
-# network that drops packets instead of refusing them, they hold up the first paint).
-_CDN_LINKS = (
-    '<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/'
-    'fontawesome-free@^5/css/all.min.css" type="text/css" />',
-    '<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/'
-    'fontawesome-free@^5/css/v4-shims.min.css" type="text/css" />',
-)
-
-_INDEX_TEMPLATE = """\
-{%- extends 'voila/templates/lab/index.html.j2' -%}
-{#- twinbench: the lab template without its CDN stylesheets (voila-style.js bundles the
-    icons), so the page makes no off-host request. -#}
-{%- block notebook_css -%}
-{{ super() | replace('LINK0', '') | replace('LINK1', '') }}
-{%- endblock notebook_css -%}
-"""
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -83,24 +72,30 @@ def dashboard_path(name: str = "dashboard.ipynb") -> Path:
     raise FileNotFoundError(f"{name}: not found in {', '.join(str(p.parent) for p in candidates)}")
 
 
-def voila_template_dir(root: str | os.PathLike[str] | None = None) -> Path:
-    """Write the ``twinbench`` Voila template under `root` (a fresh temporary directory by
-    default) and return `root`, to be put on ``JUPYTER_PATH``.
+def template_dir(env: Mapping[str, str] | None = None) -> Path | None:
+    """The ``twinbench`` Voila template that ``voila --template=twinbench`` would use: the
+    first Jupyter data directory holding it (``JUPYTER_PATH`` of `env`, then ``jupyter --paths``'
+    data directories), or None when it is installed nowhere.
 
     Examples
     --------
-    >>> root = voila_template_dir()
-    >>> sorted(p.name for p in (root / "voila" / "templates" / "twinbench").iterdir())
-    ['conf.json', 'index.html.j2']
+    >>> path = template_dir()
+    >>> path is None or (path / "index.html.j2").is_file()
+    True
     """
-    root = Path(tempfile.mkdtemp(prefix="twinbench-voila-") if root is None else root)
-    tdir = root / "voila" / "templates" / TEMPLATE
-    tdir.mkdir(parents=True, exist_ok=True)
-    (tdir / "conf.json").write_text('{"base_template": "lab"}\n')
-    text = _INDEX_TEMPLATE.replace("LINK0", _CDN_LINKS[0].replace("'", "\\'"))
-    text = text.replace("LINK1", _CDN_LINKS[1].replace("'", "\\'"))
-    (tdir / "index.html.j2").write_text(text)
-    return root
+    env = os.environ if env is None else env
+    roots = [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    try:
+        from jupyter_core.paths import jupyter_path
+    except ImportError:  # no Jupyter here: nothing but JUPYTER_PATH to look in
+        pass
+    else:
+        roots += jupyter_path()
+    for root in roots:
+        candidate = Path(root) / "voila" / "templates" / TEMPLATE
+        if (candidate / "index.html.j2").is_file():
+            return candidate
+    return None
 
 
 def dashboard_env(opcua_url: str, writable: Sequence[str] | str = (),
@@ -134,9 +129,13 @@ def dashboard_env(opcua_url: str, writable: Sequence[str] | str = (),
 
 
 def voila_command(notebook: str | os.PathLike[str], port: int, *, host: str = "127.0.0.1",
-                  template: str | None = TEMPLATE, python: str | None = None,
-                  preheat: bool = True, extra: Sequence[str] = ()) -> list[str]:
+                  template: str | None = TEMPLATE, theme: str = "light",
+                  python: str | None = None, preheat: bool = True,
+                  extra: Sequence[str] = ()) -> list[str]:
     """The ``voila`` command line serving `notebook` on `host`:`port`, without a browser.
+
+    `theme` is Voila's: ``light``, ``dark`` or an installed JupyterLab theme's name (a page
+    can ask for another with ``?theme=``).
 
     With `preheat` (the default), Voila keeps one kernel that has already run the notebook
     waiting for the next visitor: the page opens without waiting for the kernel to start, the
@@ -152,8 +151,11 @@ def voila_command(notebook: str | os.PathLike[str], port: int, *, host: str = "1
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port: expected 1..65535, got {port!r}")
+    if not isinstance(theme, str) or not theme.strip():
+        raise ValueError(f"theme: expected 'light', 'dark' or a JupyterLab theme name, "
+                         f"got {theme!r}")
     cmd = [python or sys.executable, "-m", "voila", os.fspath(notebook), "--no-browser",
-           f"--port={port}", f"--Voila.ip={host}", "--theme=light",
+           f"--port={port}", f"--Voila.ip={host}", f"--theme={theme}",
            # a kernel that is slow to start is not an error on a busy 2-core machine
            "--VoilaExecutor.timeout=120",
            # the twin streams for as long as the page is open: no idle culling
@@ -186,6 +188,8 @@ class VoilaServer:
     preheat : bool
         Keep a kernel that has run the notebook ready for the next page (see
         :func:`voila_command`).
+    theme : str
+        ``light`` (the default) or ``dark`` (see :func:`voila_command`).
 
     Examples
     --------
@@ -199,19 +203,20 @@ class VoilaServer:
     def __init__(self, notebook: str | os.PathLike[str] | None = None, *,
                  port: int | None = None, host: str = "127.0.0.1",
                  env: Mapping[str, str] | None = None, quiet: bool = True,
-                 preheat: bool = True, extra: Sequence[str] = ()) -> None:
+                 preheat: bool = True, theme: str = "light",
+                 extra: Sequence[str] = ()) -> None:
         self.notebook = Path(notebook) if notebook is not None else dashboard_path()
         if not self.notebook.is_file():
             raise FileNotFoundError(f"notebook: {self.notebook} does not exist")
         self.host = str(host)
         self.port = free_port(self.host) if port is None else port
-        self.command = voila_command(self.notebook, self.port, host=self.host, preheat=preheat,
-                                     extra=extra)
+        self.command = voila_command(self.notebook, self.port, host=self.host, theme=theme,
+                                     preheat=preheat, extra=extra)
         self.env = dict(env or {})
         self.quiet = bool(quiet)
         self.log_path: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self._template_root: Path | None = None
+        self._run_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -229,16 +234,28 @@ class VoilaServer:
         """
         if self.running:
             return self
-        self._template_root = voila_template_dir()
         env = dict(os.environ)
         env.update(self.env)
-        env["JUPYTER_PATH"] = os.pathsep.join(
-            filter(None, [str(self._template_root), env.get("JUPYTER_PATH")]))
+        if template_dir(env) is None:
+            # A source tree used without installing it (PYTHONPATH): its copy of the template,
+            # which `pip install` would have put in the environment's share/jupyter.
+            if not (SOURCE_TEMPLATE / "index.html.j2").is_file():
+                raise FileNotFoundError(
+                    f"the {TEMPLATE!r} Voila template is not installed (no voila/templates/"
+                    f"{TEMPLATE} in the Jupyter data directories, `jupyter --paths`) and "
+                    f"{SOURCE_TEMPLATE} does not exist: reinstall twinbench")
+            share = SOURCE_TEMPLATE.parents[2]
+            log.warning("the %r Voila template is not installed in this environment (pip install "
+                        "twinbench installs it); using the source tree's copy, %s",
+                        TEMPLATE, SOURCE_TEMPLATE)
+            env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(share),
+                                                                env.get("JUPYTER_PATH")]))
         # the kernels import twinbench from this tree even where it is not installed
         repo = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
         if self.quiet:
-            self.log_path = self._template_root / "voila.log"
+            self._run_dir = Path(tempfile.mkdtemp(prefix="twinbench-voila-"))
+            self.log_path = self._run_dir / "voila.log"
             out = open(self.log_path, "wb")  # noqa: SIM115 -- handed to the child
         else:
             out = None
