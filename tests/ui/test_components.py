@@ -121,6 +121,32 @@ def test_live_plot_primes_the_next_view_with_its_window(recording):
     assert json.dumps(plot.source.data["time"][-1]) in bundle
 
 
+def test_live_plot_legends_axes_and_alarm_rows(recording):
+    """A checkbox row per figure toggles its variables' renderers; one time axis, at the
+    bottom; the alarms figure names its rows on the y axis."""
+    from bokeh.models import CheckboxGroup, CustomJS
+
+    twin = replay_twin(recording)
+    plot = ui.LivePlot(twin, MEASURED)
+    figures = plot._all_figures()
+    assert all(not f.legend for f in figures)  # no canvas legends
+    for fig, group in plot.legends.items():
+        assert isinstance(group, CheckboxGroup) and group.active == list(range(len(group.labels)))
+        (callback,) = group.js_property_callbacks["change:active"]
+        assert isinstance(callback, CustomJS)
+        # each entry's renderers belong to that figure
+        for renderers in callback.args["groups"]:
+            assert renderers and all(r in fig.renderers for r in renderers)
+    rpm = plot.figures["rpm"]
+    assert plot.legends[rpm].labels == ["speed"]
+    # the estimate line and the measured dots (and the ±2σ band where the twin has one)
+    assert len(plot.legends[rpm].js_property_callbacks["change:active"][0].args["groups"][0]) >= 2
+    assert [f.xaxis[0].visible for f in figures] == [False] * (len(figures) - 1) + [True]
+    alarms = plot.alarm_figure
+    assert alarms.yaxis[0].major_label_overrides == dict(enumerate(twin.alarm_names))
+    assert plot.legends.keys() == {*plot.figures.values(), plot.residual_figure}
+
+
 def test_live_plot_streams_decimates_and_starts_once(recording):
     twin = replay_twin(recording)
     plot = ui.LivePlot(twin, [*MEASURED, "wear"], window=3 * 3600.0, rate_hz=50.0,

@@ -19,7 +19,8 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, CustomJS, Span
+from bokeh.models import (CheckboxGroup, ColumnDataSource, CustomJS, Div, InlineStyleSheet,
+                          Range1d, Span)
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from jupyter_bokeh import BokehModel
@@ -145,7 +146,7 @@ class LivePlot:
         Refresh rate.
     max_points : int, default 2000
         Most rows kept per source.
-    max_unacked : int, default 2
+    max_unacked : int, default 4
         Updates sent to the page and not yet painted there, at most (see Notes).
 
     Notes
@@ -159,6 +160,13 @@ class LivePlot:
     behind (a busy or slow machine, a hidden tab) then gets fewer, larger updates instead of a
     backlog that would also hold up every other widget's messages behind it.
 
+    Drawing cost: at 10 Hz the page, not the kernel, is the limit (software rendering on a
+    machine without a GPU). Legends are checkbox rows above the figures (click to show or hide
+    a variable) rather than Bokeh legends on the canvas, and, while :attr:`fast_canvas` is
+    true, the page's BokehJS is told to take canvas colours and fonts from the figures' own
+    properties instead of looking up CSS variables at every paint (bokeh/bokeh#15286): in the
+    dashboard this about doubled the updates per second the page could draw.
+
     Examples
     --------
     >>> import twinbench as tb
@@ -170,9 +178,14 @@ class LivePlot:
     (['kW', 'rpm'], 0)
     """
 
+    #: Patch the page's BokehJS to skip CSS-variable lookups for canvas visuals (see Notes).
+    #: Set ``LivePlot.fast_canvas = False`` before making plots to keep BokehJS as it is (for
+    #: canvases styled with ``--bk-*`` CSS variables); the patch applies to the whole page.
+    fast_canvas: bool = True
+
     def __init__(self, twin: Any, variables: Sequence[str] | None = None, *,
                  window: float = 120.0, rate_hz: float = 10.0, max_points: int = 2000,
-                 max_unacked: int = 2) -> None:
+                 max_unacked: int = 4) -> None:
         if not hasattr(twin, "model") or not hasattr(twin, "state"):
             raise TypeError(f"twin: expected a twinbench Twin, got {type(twin).__name__}")
         if not (isinstance(window, (int, float)) and window > 0):
@@ -215,6 +228,10 @@ class LivePlot:
             data[f"{alarm}_y"] = []  # the alarm's row in the alarms figure; NaN when clear
         self.source = ColumnDataSource(data=data)
         self.figures: dict[str, Any] = {}
+        # Legends are checkbox rows above each figure, not Bokeh Legends: a Legend is drawn on
+        # the canvas at every paint (with DOM reads and a layer per paint), which cost the
+        # page about a fifth of its time at 10 Hz; a checkbox row is drawn once.
+        entries: dict[str, list[tuple[str, str, list[Any]]]] = {}
         first = None
         for i, (var, spec) in enumerate(self._series.items()):
             unit = known.get(var) or units.get(spec["estimate"] or "", "")
@@ -223,25 +240,29 @@ class LivePlot:
                 fig = self.figures[unit] = self._figure(unit or "value", first)
                 first = first or fig
             color = Category10_10[i % 10]
+            drawn = []
             if spec["std"]:
-                fig.varea(x="time", y1=f"{spec['estimate']}_lo", y2=f"{spec['estimate']}_hi",
-                          source=self.source, fill_color=color, fill_alpha=0.15,
-                          legend_label=f"{var} ±2σ")
+                drawn.append(fig.varea(x="time", y1=f"{spec['estimate']}_lo",
+                                       y2=f"{spec['estimate']}_hi", source=self.source,
+                                       fill_color=color, fill_alpha=0.15))
             if spec["estimate"]:
-                fig.line(x="time", y=spec["estimate"], source=self.source, color=color,
-                         line_width=2, legend_label=f"{var} estimate")
+                drawn.append(fig.line(x="time", y=spec["estimate"], source=self.source,
+                                      color=color, line_width=2))
             if spec["measured"]:
-                fig.scatter(x="time", y=spec["measured"], source=self.source, color=color,
-                            size=3, alpha=0.6, legend_label=f"{var} measured")
+                drawn.append(fig.scatter(x="time", y=spec["measured"], source=self.source,
+                                         color=color, size=3, alpha=0.6))
+            entries.setdefault(unit, []).append((var, color, drawn))
         # Residuals in units of their measurement noise σ (sqrt of R): one axis for all of them
         # without mixing units, and ±3 reads the same for every tag.
         self._noise = _noise_std(twin, self._residuals)
         self.residual_figure = None
+        residual_entries = []
         if self._residuals:
             fig = self.residual_figure = self._figure("residual / σ", first)
             for i, v in enumerate(self._residuals):
-                fig.line(x="time", y=f"{v}_residual", source=self.source,
-                         color=Category10_10[i % 10], legend_label=v)
+                color = Category10_10[list(self._series).index(v) % 10]
+                residual_entries.append((v, color, [fig.line(
+                    x="time", y=f"{v}_residual", source=self.source, color=color)]))
             for level in (-3, 0, 3):
                 fig.add_layout(Span(location=level, dimension="width", line_color="gray",
                                     line_dash="dashed"))
@@ -249,17 +270,34 @@ class LivePlot:
         if self._alarms:
             fig = self.alarm_figure = self._figure("alarms", first, height=60 + 25 * len(
                 self._alarms))
-            for i, alarm in enumerate(self._alarms):
+            for alarm in self._alarms:
                 fig.scatter(x="time", y=f"{alarm}_y", source=self.source, marker="triangle",
-                            color="red", size=8, legend_label=alarm)
-            fig.yaxis.visible = False
+                            color="red", size=8)
+            # one row per alarm, named on the axis
+            fig.yaxis.ticker = list(range(len(self._alarms)))
+            fig.yaxis.major_label_overrides = {i: a for i, a in enumerate(self._alarms)}
+            fig.yaxis.axis_label = None
+            fig.y_range = Range1d(-0.7, len(self._alarms) - 0.3)
+        #: The checkbox row that shows and hides each figure's variables, per figure.
+        self.legends: dict[Any, Any] = {}
+        for unit, fig in self.figures.items():
+            self.legends[fig] = _legend(entries[unit])
+        if self.residual_figure is not None:
+            self.legends[self.residual_figure] = _legend(residual_entries)
+        # The figures share one time axis: only the bottom one labels it (each axis's labels
+        # are measured and drawn in software at every paint).
+        for fig in self._all_figures()[:-1]:
+            fig.xaxis.visible = False
+            fig.min_border_bottom = 4
+        key = Div(text=_KEY_HTML, styles={"font-size": "12px", "color": "#555"})
+        rows: list[Any] = [key]
         for fig in self._all_figures():
-            fig.legend.location = "top_left"
-            fig.legend.click_policy = "hide"
-            fig.legend.label_text_font_size = "8pt"
+            if fig in self.legends:
+                rows.append(self.legends[fig])
+            rows.append(fig)
         # One Bokeh document for all figures: they share the source and the x range, and a
         # Bokeh model can belong to one document only.
-        self.layout = column(self._all_figures(), sizing_mode="stretch_width")
+        self.layout = column(rows, sizing_mode="stretch_width")
         # The page's acknowledgement: after painting an update, each view writes the update's
         # sequence number into the tags of a model that draws nothing (a property change of
         # the layout would lay out every figure again), which comes back to the kernel.
@@ -271,7 +309,9 @@ class LivePlot:
         self._ack = CustomJS(code="", tags=[0])
         for event in ("streaming", "data"):
             self.source.js_on_change(event, CustomJS(args={"source": self.source,
-                                                           "ack": self._ack}, code=_ACK_JS))
+                                                           "ack": self._ack,
+                                                           "fast_canvas": self.fast_canvas},
+                                                     code=_ACK_JS))
         self._ack.on_change("tags", self._on_ack)
         self.model = BokehModel(self.layout)
         # ipywidgets counts views only when asked to (None: not tracked).
@@ -422,6 +462,8 @@ class LivePlot:
 
     async def _run(self) -> None:
         period = 1.0 / self.rate_hz
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
             try:
                 # With no view attached the stream would be lost, or (in Voila, while the page
@@ -434,7 +476,10 @@ class LivePlot:
                     self.prime()
             except Exception:  # a bad tick is logged; the plot keeps going
                 _logger.exception("LivePlot: update failed")
-            await asyncio.sleep(period)
+            # Ticks on a fixed schedule (a sleep of one period after the work would drift
+            # below rate_hz); a late tick is not caught up with a burst.
+            next_at = max(next_at + period, loop.time())
+            await asyncio.sleep(next_at - loop.time())
 
     def start(self) -> LivePlot:
         """Stream on the running event loop; starting a running plot does nothing."""
@@ -471,15 +516,71 @@ class LivePlot:
         display(self._widget)
 
 
+_KEY_HTML = ("dots: measured &nbsp;·&nbsp; line: twin estimate &nbsp;·&nbsp; band: ±2σ of the "
+             "estimate &nbsp;·&nbsp; residuals in units of the measurement noise σ")
+
+
+def _legend(entries: Sequence[tuple[str, str, list[Any]]]) -> Any:
+    """A checkbox per entry (name, colour, renderers) that shows or hides its renderers."""
+    css = "".join(
+        f"label:nth-child({i + 1}) input{{accent-color:{color}}}"
+        f"label:nth-child({i + 1}) span::before{{content:'';display:inline-block;width:14px;"
+        f"height:3px;margin:0 4px 2px 0;vertical-align:middle;background:{color}}}"
+        for i, (_, color, _) in enumerate(entries))
+    group = CheckboxGroup(labels=[name for name, _, _ in entries], active=list(range(len(entries))),
+                          inline=True, stylesheets=[InlineStyleSheet(css=css)],
+                          sizing_mode="stretch_width", margin=(0, 5, 0, 5))
+    group.js_on_change("active", CustomJS(args={"groups": [r for _, _, r in entries]}, code="""
+groups.forEach((renderers, i) => {
+  const on = cb_obj.active.includes(i);
+  for (const r of renderers) r.visible = on;
+});
+"""))
+    return group
+
+
+# BokehJS 3.9 reads every visual property (each colour, width, font of every glyph, axis,
+# grid and label, at every paint) from the CSS cascade before the model's value, through
+# getComputedStyle (bokeh/bokeh#15286): at 10 Hz that was most of the page's time. LivePlot
+# styles its canvases from the model only, so the page is patched to skip those reads (and to
+# read a plot's base font size once per task). Returns what it did: "applied", or why not.
+_FAST_CANVAS_JS = """() => {
+  try {
+    const VP = Bokeh.require("core/visuals/visual").VisualProperties;
+    const PV = Bokeh.require("models/plots/plot_canvas").PlotView;
+    let proto = PV.prototype, desc;
+    while (proto && !(desc = Object.getOwnPropertyDescriptor(proto, "base_font_size")))
+      proto = Object.getPrototypeOf(proto);
+    if (typeof VP.prototype._get_css_value !== "function" || !desc || !desc.get)
+      return "skipped: BokehJS internals differ";
+    VP.prototype._get_css_value = function (name) { return ""; };
+    const font = desc.get;
+    Object.defineProperty(PV.prototype, "base_font_size", {configurable: true, get() {
+      if (this.__twinbenchFont === undefined) {
+        this.__twinbenchFont = font.call(this);
+        queueMicrotask(() => { this.__twinbenchFont = undefined; });
+      }
+      return this.__twinbenchFont;
+    }});
+    return "applied";
+  } catch (e) {
+    return "skipped: " + e;
+  }
+}"""
+
+
 # Runs in the page after BokehJS applied a stream (or a new window): once the frame is painted
 # (the timeout after the next animation frame), the page writes the update's number into the
 # ack model's tags; jupyter_bokeh sends that change to the kernel (LivePlot._on_ack).
 _ACK_JS = """
+if (window.__twinbenchCanvasPatch === undefined && fast_canvas) {
+  window.__twinbenchCanvasPatch = (FAST_CANVAS_JS)();
+}
 const seq = source.tags.length ? source.tags[0] : 0;
 requestAnimationFrame(() => setTimeout(() => {
   if (!ack.tags.length || ack.tags[0] < seq) ack.tags = [seq];
 }, 0));
-"""
+""".replace("FAST_CANVAS_JS", _FAST_CANVAS_JS)
 
 
 def _noise_std(twin: Any, measured: Sequence[str]) -> dict[str, float]:
