@@ -7,12 +7,14 @@ checks what a user sees: the launcher's twinbench cards (one per tutorial and "N
 notebook"); "New twin notebook" opening a notebook made from the template; the status bar's
 "0 twins", then "1 twin" once the notebook's cell started a twin against the plant; the command
 "Open as twinbench app" in the command palette; its toolbar button opening the notebook in Voila
-in a new tab, which renders it (the twin's repr, from Voila's own kernel).
+with twinbench's template (``?template=twinbench``: its header) in a new tab, which renders it
+(the twin's repr, from Voila's own kernel); under JupyterLab's dark theme, the template's dark
+theme (``&theme=dark``).
 
 The extension is built by `make setup` (jlpm) and installed into the environment's
 share/jupyter/labextensions; the test is skipped, with the reason, where it is not installed.
-The JupyterLab page must make no off-host request (the Voila tab is not held to that: Voila's
-default template fetches Font Awesome and MathJax from CDNs; those requests are aborted).
+The JupyterLab page must make no off-host request (the Voila tab is not held to that here, its
+off-host requests are aborted and printed; tests/ui/test_template.py checks the template's).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -150,13 +153,46 @@ def test_launcher_new_twin_notebook_status_bar_and_open_as_app(browser, new_page
         with page.context.expect_page(timeout=30_000) as popup_info:
             button.click()
         app = popup_info.value
-        app.wait_for_url(f"**/voila/render/{tab.strip()}**", timeout=30_000)
+        app.wait_for_url(f"**/voila/render/{tab.strip()}?**", timeout=30_000)
+        query = parse_qs(urlsplit(app.url).query)
+        # twinbench's template, in its default (light) theme: JupyterLab's theme is light
+        assert query == {"template": ["twinbench"]}, app.url
         try:
+            # the template's header: the logo, "twinbench" and the notebook's name
+            header = app.locator("header.twinbench-header")
+            header.wait_for(state="visible", timeout=60_000)
+            assert header.locator("svg.twinbench-logo").count() == 1
+            assert header.inner_text().split() == ["twinbench", Path(tab.strip()).stem]
+            assert app.evaluate("document.body.dataset.jpThemeLight") == "true"
             # Voila ran the notebook in its own kernel: the twin's repr is on the page
             app.get_by_text("Twin pump").first.wait_for(timeout=90_000)
         finally:
             artifacts("labext-4-voila", app)
         times["voila"] = time.monotonic() - t0
+        app.close()
+
+        # under JupyterLab's dark theme the app opens in the template's dark theme
+        page.bring_to_front()
+        page.keyboard.press("Control+Shift+C")
+        palette.wait_for(timeout=10_000)
+        palette.fill("JupyterLab Dark")
+        page.locator(".lm-CommandPalette-item:has-text('Use Theme: JupyterLab Dark')"
+                     ).first.click()
+        page.wait_for_function("document.body.dataset.jpThemeLight === 'false'",
+                               timeout=30_000, polling=250)
+        with page.context.expect_page(timeout=30_000) as popup_info:
+            button.click()
+        dark = popup_info.value
+        dark.wait_for_url(f"**/voila/render/{tab.strip()}?**", timeout=30_000)
+        query = parse_qs(urlsplit(dark.url).query)
+        assert query == {"template": ["twinbench"], "theme": ["dark"]}, dark.url
+        try:
+            dark.locator("header.twinbench-header").wait_for(state="visible", timeout=60_000)
+            assert dark.evaluate("document.body.dataset.jpThemeLight") == "false"
+        finally:
+            artifacts("labext-5-voila-dark", dark)
+        dark.close()
+        times["voila dark"] = time.monotonic() - t0
 
         assert page.errors == [], f"errors in the JupyterLab page: {page.errors}"
         print("\n" + ", ".join(f"{k} at {v:.1f} s" for k, v in times.items())

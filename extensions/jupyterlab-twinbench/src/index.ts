@@ -4,7 +4,8 @@
  * - Launcher cards: one per tutorial (`NN_*.ipynb` in `notebooks/`, or at the root of the server)
  *   and "New twin notebook", a notebook created from a template.
  * - "Open as twinbench app": a command (palette, notebook toolbar) that opens the current
- *   notebook in Voila in a new tab.
+ *   notebook in Voila, with twinbench's template (and its dark theme under a dark JupyterLab
+ *   theme), in a new tab.
  * - A status-bar item with the twins running in the current notebook's kernel.
  */
 
@@ -12,7 +13,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, ToolbarButton } from '@jupyterlab/apputils';
+import { ICommandPalette, IThemeManager, ToolbarButton } from '@jupyterlab/apputils';
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import { ILauncher } from '@jupyterlab/launcher';
@@ -81,10 +82,33 @@ async function findTutorials(contents: Contents.IManager): Promise<string[]> {
   return [];
 }
 
-/** The URL at which Voila renders a notebook (its server extension runs inside JupyterLab's). */
-export function voilaUrl(path: string): string {
+/** The Voila template twinbench ships (share/jupyter/voila/templates/twinbench). */
+export const VOILA_TEMPLATE = 'twinbench';
+
+/**
+ * The URL at which Voila renders a notebook as a twinbench app (its server extension runs
+ * inside JupyterLab's): `<base>/voila/render/<path>?template=twinbench`, plus `&theme=dark`
+ * when JupyterLab's theme is a dark one (the template's default is light).
+ */
+export function voilaUrl(path: string, options: { dark?: boolean } = {}): string {
   const encoded = path.split('/').map(encodeURIComponent).join('/');
-  return URLExt.join(PageConfig.getBaseUrl(), 'voila/render', encoded);
+  const query: { [key: string]: string } = { template: VOILA_TEMPLATE };
+  if (options.dark) {
+    query.theme = 'dark';
+  }
+  return (
+    URLExt.join(PageConfig.getBaseUrl(), 'voila/render', encoded) +
+    URLExt.objectToQueryString(query)
+  );
+}
+
+/** Whether JupyterLab shows a dark theme: the theme manager's word, else the page's. */
+function isDarkTheme(themeManager: IThemeManager | null): boolean {
+  const theme = themeManager?.theme;
+  if (themeManager && theme) {
+    return !themeManager.isLight(theme);
+  }
+  return document.body.dataset.jpThemeLight === 'false';
 }
 
 // -- the status bar ----------------------------------------------------------------------------
@@ -237,13 +261,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
     'the twins running in the kernel in the status bar.',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [ILauncher, ICommandPalette, IStatusBar],
+  optional: [ILauncher, ICommandPalette, IStatusBar, IThemeManager],
   activate: (
     app: JupyterFrontEnd,
     tracker: INotebookTracker,
     launcher: ILauncher | null,
     palette: ICommandPalette | null,
-    statusBar: IStatusBar | null
+    statusBar: IStatusBar | null,
+    themeManager: IThemeManager | null
   ) => {
     const { commands, serviceManager } = app;
     const contents = serviceManager.contents;
@@ -293,7 +318,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         if (panel.context.model.dirty) {
           await panel.context.save();
         }
-        const url = voilaUrl(panel.context.path);
+        const url = voilaUrl(panel.context.path, { dark: isDarkTheme(themeManager) });
         if (win) {
           win.location.href = url;
         } else {
