@@ -7,6 +7,11 @@ twinbench``: a header, a loading indicator, light and dark themes), and makes no
 request: the template drops the lab template's CDN links and the dashboard shows Bokeh through
 jupyter_bokeh with BokehJS inline.
 
+With ``auth="users"`` or ``auth="token"`` visitors sign in first (see :mod:`twinbench.auth` and
+docs/security.md): Voila runs with twinbench's identity provider, authorizer and kernel websocket
+connection (:mod:`twinbench._voila_auth`), which stamps the signed-in user and role on every
+message a page sends to its kernel.
+
 Nothing here imports Voila, ipywidgets or Bokeh: ``import twinbench.app`` stays light.
 """
 
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +35,12 @@ __all__ = ["VoilaServer", "dashboard_env", "dashboard_path", "free_port", "templ
 
 #: The template name passed to ``voila --template``.
 TEMPLATE = "twinbench"
+#: What ``voila_command(auth=...)`` passes to Voila: twinbench's sign-in (twinbench._voila_auth).
+AUTH_CLASSES = {
+    "identity_provider_class": "twinbench._voila_auth.TwinbenchIdentityProvider",
+    "authorizer_class": "twinbench._voila_auth.TwinbenchAuthorizer",
+    "kernel_websocket_connection_class": "twinbench._voila_auth.TwinbenchKernelConnection",
+}
 #: The template in the source tree (what ``pip install`` installs under ``share/jupyter``).
 SOURCE_TEMPLATE = (Path(__file__).resolve().parents[1] / "share" / "jupyter" / "voila"
                    / "templates" / TEMPLATE)
@@ -128,9 +141,23 @@ def dashboard_env(opcua_url: str, writable: Sequence[str] | str = (),
     return env
 
 
+def _check_auth(auth: str | None, token_role: str | None) -> str | None:
+    from twinbench.auth import ROLES
+
+    if auth in (None, "none"):
+        return None
+    if auth not in ("users", "token"):
+        raise ValueError(f"auth: expected None, 'users' or 'token', got {auth!r}")
+    if token_role is not None and token_role not in ROLES:
+        raise ValueError(f"token_role: expected one of {', '.join(ROLES)}, got {token_role!r}")
+    return auth
+
+
 def voila_command(notebook: str | os.PathLike[str], port: int, *, host: str = "127.0.0.1",
                   template: str | None = TEMPLATE, theme: str = "light",
                   python: str | None = None, preheat: bool = True,
+                  auth: str | None = None, users_file: str | os.PathLike[str] | None = None,
+                  token: str | None = None, token_role: str | None = None,
                   extra: Sequence[str] = ()) -> list[str]:
     """The ``voila`` command line serving `notebook` on `host`:`port`, without a browser.
 
@@ -141,12 +168,22 @@ def voila_command(notebook: str | os.PathLike[str], port: int, *, host: str = "1
     waiting for the next visitor: the page opens without waiting for the kernel to start, the
     imports and the connection to the equipment (the waiting kernel's twin runs meanwhile).
 
+    With `auth`, visitors sign in: ``"users"`` with a name and password of `users_file` (default
+    ``$TWINBENCH_USERS``, else ``~/.config/twinbench/users.json``), and with `token` too when
+    one is given; ``"token"`` with `token` only (None: Voila makes one and prints it). Who
+    signs in with the token gets `token_role` (default ``$TWINBENCH_TOKEN_ROLE``, else
+    ``viewer``). The token is then on the command line, which other accounts on the machine can
+    read: :class:`VoilaServer` passes it in the environment instead.
+
     Examples
     --------
     >>> cmd = voila_command("dashboard.ipynb", 8866, python="python")
     >>> cmd[:4]
     ['python', '-m', 'voila', 'dashboard.ipynb']
     >>> "--port=8866" in cmd and "--no-browser" in cmd
+    True
+    >>> signin = voila_command("dashboard.ipynb", 8866, auth="users", users_file="users.json")
+    >>> "--TwinbenchIdentityProvider.users_path=users.json" in signin
     True
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
@@ -166,6 +203,27 @@ def voila_command(notebook: str | os.PathLike[str], port: int, *, host: str = "1
         cmd.append(f"--template={template}")
     if preheat:
         cmd += ["--preheat_kernel=True", "--pool_size=1"]
+    auth = _check_auth(auth, token_role)
+    if auth is not None:
+        cmd += [f"--Voila.{name}={cls}" for name, cls in AUTH_CLASSES.items()]
+        cmd.append(f"--TwinbenchIdentityProvider.mode={auth}")
+        if auth == "users" and users_file is not None:
+            cmd.append(f"--TwinbenchIdentityProvider.users_path={os.fspath(users_file)}")
+        if token_role is not None:
+            cmd.append(f"--TwinbenchIdentityProvider.token_role={token_role}")
+        if token:
+            cmd.append(f"--token={token}")
+        elif auth == "token":
+            cmd.append("--token")  # Voila makes one and prints the URL with it
+        if preheat:
+            # The preheated kernel starts before the identity provider sets TWINBENCH_AUTH for
+            # the kernels: given here (when the environment has none), or it would trust any
+            # role in a message header.
+            cmd.append(f"--VoilaKernelManager.default_env_variables=TWINBENCH_AUTH={auth}")
+        # the template's header shows who is signed in, and a sign-out link
+        cmd.append(f"--VoilaConfiguration.resources=twinbench_auth={auth}")
+    elif users_file is not None or token is not None:
+        raise ValueError("users_file, token: only with auth='users' or auth='token'")
     cmd.extend(extra)
     return cmd
 
@@ -190,6 +248,20 @@ class VoilaServer:
         :func:`voila_command`).
     theme : str
         ``light`` (the default) or ``dark`` (see :func:`voila_command`).
+    auth : {None, "users", "token"}
+        Sign-in (see :func:`voila_command`). Sets ``TWINBENCH_AUTH`` in the server's
+        environment, which its kernels inherit (``"none"`` without sign-in: a kernel must then
+        not trust a role in a message header).
+    users_file : path, optional
+        With ``auth="users"``: the users file (``TWINBENCH_USERS``; default
+        ``$TWINBENCH_USERS``, else ``~/.config/twinbench/users.json``). It must exist.
+    token : str, optional
+        An access token that also signs in (``auth="users"``) or that alone does
+        (``auth="token"``: None makes one, ``.token``). Neither on the command line nor in the
+        environment (both visible to others, the environment to the kernels): in a file that
+        the server reads at start-up (``TWINBENCH_TOKEN_FILE``) and :meth:`start` then deletes.
+    token_role : str
+        The role of whoever signs in with the token (``TWINBENCH_TOKEN_ROLE``).
 
     Examples
     --------
@@ -204,15 +276,52 @@ class VoilaServer:
                  port: int | None = None, host: str = "127.0.0.1",
                  env: Mapping[str, str] | None = None, quiet: bool = True,
                  preheat: bool = True, theme: str = "light",
+                 auth: str | None = None, users_file: str | os.PathLike[str] | None = None,
+                 token: str | None = None, token_role: str = "viewer",
                  extra: Sequence[str] = ()) -> None:
         self.notebook = Path(notebook) if notebook is not None else dashboard_path()
         if not self.notebook.is_file():
             raise FileNotFoundError(f"notebook: {self.notebook} does not exist")
         self.host = str(host)
         self.port = free_port(self.host) if port is None else port
+        self.auth = _check_auth(auth, token_role)
+        self.users_file: Path | None = None
+        self.token: str | None = None
+        if self.auth is None and (users_file is not None or token is not None):
+            raise ValueError("users_file, token: only with auth='users' or auth='token'")
+        if self.auth == "users":
+            from twinbench.auth import default_users_path
+
+            self.users_file = (Path(users_file).expanduser() if users_file is not None
+                               else default_users_path())
+            if not self.users_file.is_file():
+                raise FileNotFoundError(
+                    f"users_file: {self.users_file} does not exist (add accounts with "
+                    f"`twinbench users add NAME --role ROLE --file {self.users_file}`)")
+        if token is not None and (not isinstance(token, str) or len(token) < 8):
+            raise ValueError("token: expected a str of at least 8 characters")
+        self.token = token or (secrets.token_urlsafe(24) if self.auth == "token" else None)
         self.command = voila_command(self.notebook, self.port, host=self.host, theme=theme,
-                                     preheat=preheat, extra=extra)
-        self.env = dict(env or {})
+                                     preheat=preheat, auth=self.auth,
+                                     users_file=self.users_file, token_role=token_role,
+                                     extra=extra)
+        if self.auth == "token":
+            # voila_command asks Voila to make a token (bare --token); ours comes from the
+            # environment instead: drop the flag.
+            self.command.remove("--token")
+        #: The environment Voila gets on top of this process's (None removes a variable).
+        self.env: dict[str, str | None] = dict(env or {})
+        from twinbench.auth import ENV_AUTH, ENV_TOKEN_FILE, ENV_TOKEN_ROLE, ENV_USERS
+
+        # Set either way: a TWINBENCH_AUTH inherited from this process must not tell the kernels
+        # of a server without sign-in to trust the roles in message headers (nothing stamps
+        # them), nor a token file inherited from it give its token to this server.
+        self.env[ENV_AUTH] = self.auth or "none"
+        self.env[ENV_TOKEN_FILE] = None  # None: removed from the server's environment
+        if self.auth is not None:
+            self.env[ENV_TOKEN_ROLE] = token_role
+            if self.users_file is not None:
+                self.env[ENV_USERS] = os.fspath(self.users_file)
         self.quiet = bool(quiet)
         self.log_path: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -236,6 +345,7 @@ class VoilaServer:
             return self
         env = dict(os.environ)
         env.update(self.env)
+        env = {k: v for k, v in env.items() if v is not None}
         if template_dir(env) is None:
             # A source tree used without installing it (PYTHONPATH): its copy of the template,
             # which `pip install` would have put in the environment's share/jupyter.
@@ -253,6 +363,24 @@ class VoilaServer:
         # the kernels import twinbench from this tree even where it is not installed
         repo = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+        token_dir = None
+        if self.token:
+            from twinbench.auth import ENV_TOKEN_FILE
+
+            # read by the server as it starts, deleted once it listens (finally, below)
+            token_dir = Path(tempfile.mkdtemp(prefix="twinbench-token-"))  # mode 0700
+            token_file = token_dir / "token"
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token)
+            env[ENV_TOKEN_FILE] = os.fspath(token_file)
+        try:
+            return self._start(env, timeout)
+        finally:
+            if token_dir is not None:
+                shutil.rmtree(token_dir, ignore_errors=True)
+
+    def _start(self, env: dict[str, str], timeout: float) -> VoilaServer:
         if self.quiet:
             self._run_dir = Path(tempfile.mkdtemp(prefix="twinbench-voila-"))
             self.log_path = self._run_dir / "voila.log"

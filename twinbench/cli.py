@@ -2,8 +2,9 @@
 
 Subcommands: ``bench`` (benchmarks with figures and ratios), ``record`` (live tags to a
 dataset file), ``plant`` (the simulated plant), ``trust`` (an OPC-UA server's certificate into
-the trust list) and ``demo`` (the main job: the plant and the
-dashboard served by Voila; ``demo --kernel`` walks through the kernel on recorded-like data).
+the trust list), ``users`` (the accounts that sign in to twinbench apps) and ``demo`` (the
+main job: the plant and the dashboard served by Voila; ``demo --kernel`` walks through the
+kernel on recorded-like data).
 """
 
 from __future__ import annotations
@@ -225,6 +226,53 @@ def _trust(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
+    from twinbench.auth import generate_password, users_file
+
+    users = users_file(args.file)
+    try:
+        if args.action == "list":
+            entries = users.entries()
+            if not entries:
+                print(f"no users in {users.path}")
+            for name in sorted(entries):
+                print(f"{name}\t{entries[name]['role']}")
+            return 0
+        if args.action == "remove":
+            users.remove(args.name)
+            print(f"removed {args.name} from {users.path}")
+            return 0
+        # add: the password from the environment, a prompt, or generated; never an argument
+        # (the command line is visible to every account on the machine)
+        generated = False
+        password = os.environ.get("TWINBENCH_NEW_PASSWORD")
+        if args.generate:
+            if password:
+                raise ValueError("--generate: leave out TWINBENCH_NEW_PASSWORD, or --generate")
+            password, generated = generate_password(), True
+        elif not password:
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                raise ValueError("password: the two entries differ")
+        existed = args.name in users.entries()
+        users.add(args.name, password, args.role)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"twinbench users: {message}", file=sys.stderr)
+        return 2
+    except (EOFError, KeyboardInterrupt):
+        print("twinbench users: no password given", file=sys.stderr)
+        return 2
+    print(f"{'replaced' if existed else 'added'} {args.name} ({args.role}) in {users.path}")
+    if generated:
+        # Shown here once, on stdout only: the file holds its hash, nothing else has it.
+        print(f"generated password (shown only now): {password}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twinbench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -350,6 +398,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                    help="for fetching from a server (default 5)")
     t.set_defaults(func=_trust)
+
+    u = sub.add_parser("users", help="the accounts that may sign in to twinbench apps",
+                       description="Add, list or remove the accounts of a users file (the "
+                                   "sign-in of `twinbench demo` and VoilaServer(auth='users')). "
+                                   "The file holds salted scrypt hashes, never a password; "
+                                   "default $TWINBENCH_USERS, else "
+                                   "~/.config/twinbench/users.json.")
+    usub = u.add_subparsers(dest="action", required=True, metavar="add|list|remove")
+    ua = usub.add_parser("add", help="add an account, or replace its password and role",
+                         description="The password comes from TWINBENCH_NEW_PASSWORD, else "
+                                     "is asked twice, or with --generate is generated and "
+                                     "printed once.")
+    ua.add_argument("name", metavar="NAME", help="1 to 64 of A-Z a-z 0-9 _ . @ -")
+    ua.add_argument("--role", required=True, choices=("viewer", "operator", "engineer"),
+                    help="viewer: sees everything, changes nothing; operator: may also write "
+                         "allow-listed tags and run scenarios; engineer: may also change "
+                         "limits, rules and the tag map")
+    ua.add_argument("--generate", action="store_true",
+                    help="generate the password and print it once")
+    ul = usub.add_parser("list", help="the accounts and their roles")
+    ur = usub.add_parser("remove", help="remove an account")
+    ur.add_argument("name", metavar="NAME")
+    for parser_ in (ua, ul, ur):
+        parser_.add_argument("--file", default=None, metavar="FILE",
+                             help="the users file (default $TWINBENCH_USERS, else "
+                                  "~/.config/twinbench/users.json)")
+    u.set_defaults(func=_users)
     return parser
 
 
