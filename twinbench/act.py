@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from twinbench.session import Identity, auth_required, request_identity
+
 __all__ = ["Condition", "Event", "GuardedWriter", "Limits", "Rule", "RuleEngine", "WriteRequest",
            "WriteResult", "audit_log", "guarded_writer"]
 
@@ -555,6 +557,9 @@ class WriteResult:
         The reason given for the write.
     source : str
         ``"user"`` or ``"rule:<name>"``.
+    user : str
+        Who asked for it (audited): the signed-in user in an app with sign-in, else the
+        writer's user.
     """
 
     tag: str
@@ -565,6 +570,7 @@ class WriteResult:
     message: str
     reason: str = ""
     source: str = "user"
+    user: str = ""
 
     @property
     def ok(self) -> bool:
@@ -690,6 +696,9 @@ class GuardedWriter:
         os.close(os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
         self.source = source
         self.allow = limits
+        #: The limits given at construction: :meth:`set_limits` may narrow a tag's range
+        #: within these, never widen it past them.
+        self.bounds = dict(limits)
         self.confirm = confirm
         self.dry_run = dry_run
         self.user = user
@@ -704,8 +713,8 @@ class GuardedWriter:
     # -- public API ----------------------------------------------------------------------------
 
     async def write(self, tag: str, value: Any, *, reason: str, source: str = "user",
-                    confirm: Callable[[WriteRequest], bool | Awaitable[bool]] | bool | None = None
-                    ) -> WriteResult:
+                    confirm: Callable[[WriteRequest], bool | Awaitable[bool]] | bool | None = None,
+                    identity: Identity | None = None) -> WriteResult:
         """Write one tag through the guard; the result says what happened and why.
 
         Parameters
@@ -719,11 +728,17 @@ class GuardedWriter:
         confirm : callable or bool, optional
             This write's confirmation instead of the writer's: a callback as for the writer, or
             ``True`` when the caller has already asked the user (a dialog answered yes).
+        identity : twinbench.session.Identity, optional
+            Who asks. In an app with sign-in, a write that is not an automatic rule's action
+            needs a role that may write; by default the identity is the one the server stamped
+            on the message being handled (:func:`twinbench.session.request_identity`), so
+            pass the identity captured in the click handler when calling from elsewhere.
 
         Returns
         -------
         WriteResult
-            ``"refused"`` (allow-list, limits or rate: nothing sent), ``"not-confirmed"``,
+            ``"refused"`` (allow-list, limits, rate, or a role that may not write: nothing
+            sent), ``"not-confirmed"``,
             ``"failed"`` (the equipment refused, did not answer, or read back another value),
             ``"dry-run"`` or ``"written"``. Nothing is retried.
         """
@@ -735,11 +750,15 @@ class GuardedWriter:
         if confirm is not None and not isinstance(confirm, bool) and not callable(confirm):
             raise TypeError(f"confirm: expected a callable, a bool or None, got "
                             f"{type(confirm).__name__}")
-        return await self._guarded(tag, value, reason, source, confirm, auto=False)
+        if identity is not None and not isinstance(identity, Identity):
+            raise TypeError(f"identity: expected a twinbench.session.Identity, got "
+                            f"{type(identity).__name__}")
+        return await self._guarded(tag, value, reason, source, confirm, auto=False,
+                                   identity=identity or request_identity())
 
     async def apply(self, event: Event, *,
-                    confirm: Callable[[WriteRequest], bool | Awaitable[bool]] | bool | None = None
-                    ) -> list[WriteResult]:
+                    confirm: Callable[[WriteRequest], bool | Awaitable[bool]] | bool | None = None,
+                    identity: Identity | None = None) -> list[WriteResult]:
         """Make the writes of a rule's event: an ``"action"`` (a rule with ``auto=True``) writes
         without confirmation; a ``"recommendation"`` asks for it. Returns one result per tag."""
         if not isinstance(event, Event):
@@ -747,11 +766,57 @@ class GuardedWriter:
         if event.kind == "cleared" or not event.writes:
             return []
         auto = event.kind == "action"
+        who = identity or request_identity()
         results = []
         for tag, value in event.writes.items():
             results.append(await self._guarded(tag, value, event.message, f"rule:{event.rule}",
-                                               confirm, auto=auto))
+                                               confirm, auto=auto, identity=who))
         return results
+
+    def set_limits(self, tag: str, low: Any, high: Any, *, reason: str,
+                   identity: Identity | None = None) -> WriteResult:
+        """Change a writable tag's range within the bounds the writer was made with (an
+        engineer's change in an app with sign-in); audited like a write, with result
+        ``"limits-changed"`` or ``"refused"``.
+
+        Examples
+        --------
+        >>> import tempfile, twinbench as tb
+        >>> src = tb.connect("opc.tcp://127.0.0.1:4840/p", {"speed_setpoint": "ns=2;s=Pump1.sp"})
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     w = GuardedWriter(src, {"speed_setpoint": Limits(0, 3600)}, audit=f"{d}/a.jsonl")
+        ...     print(w.set_limits("speed_setpoint", 500, 3000, reason="commissioning").result)
+        ...     print(w.set_limits("speed_setpoint", 500, 4000, reason="faster").message)
+        limits-changed
+        speed_setpoint: 500..4000 leaves the app's bounds 0..3600; limits unchanged
+        """
+        who = identity or request_identity()
+        user = who.user if who.signed_in else self.user
+
+        def outcome(result: str, message: str) -> WriteResult:
+            record = WriteResult(tag, [low, high], None, None, result, message, reason, "user",
+                                 user)
+            self._audit(record)
+            return record
+
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("reason: expected a non-empty str saying why the limits change")
+        if auth_required() and not who.may("configure"):
+            return outcome("refused", f"{tag}: {who} may not change limits (engineers may); "
+                                      f"limits unchanged")
+        bound = self.bounds.get(tag)
+        if bound is None:
+            return outcome("refused", f"{tag}: not on the allow-list; limits unchanged")
+        try:
+            new = Limits(low, high, max_rate=self.allow[tag].max_rate,
+                         tolerance=self.allow[tag].tolerance)
+        except (TypeError, ValueError) as exc:
+            return outcome("refused", f"{tag}: {exc}; limits unchanged")
+        if new.low < bound.low or new.high > bound.high:
+            return outcome("refused", f"{tag}: {new.low:g}..{new.high:g} leaves the app's bounds "
+                                      f"{bound.low:g}..{bound.high:g}; limits unchanged")
+        self.allow[tag] = new
+        return outcome("limits-changed", f"{tag}: limits now {new.low:g}..{new.high:g}")
 
     def write_sync(self, tag: str, value: Any, *, reason: str, source: str = "user",
                    confirm: Callable[[WriteRequest], bool | Awaitable[bool]] | bool | None = None
@@ -765,8 +830,8 @@ class GuardedWriter:
         # The confirmation may wait on a person: no overall bound beyond the write's own.
         wait = None if (confirm is not True and (confirm or self.confirm)) \
             else 2 * self.readback_timeout + 5.0
-        return sync.run(self.write(tag, value, reason=reason, source=source, confirm=confirm),
-                        wait)
+        return sync.run(self.write(tag, value, reason=reason, source=source, confirm=confirm,
+                                   identity=request_identity()), wait)
 
     # -- the guard -----------------------------------------------------------------------------
 
@@ -780,25 +845,38 @@ class GuardedWriter:
         return lock
 
     async def _guarded(self, tag: str, value: Any, reason: str, source: str, confirm: Any, *,
-                       auto: bool) -> WriteResult:
+                       auto: bool, identity: Identity) -> WriteResult:
+        # In an app with sign-in the audit names who asked (the server's stamp), not the
+        # account the kernel runs as.
+        user = identity.user if identity.signed_in else self.user
+        if not auto and auth_required() and not identity.may("write"):
+            # checked here, in the kernel, whatever the page showed: a forged click from a
+            # viewer's page ends here, audited
+            result = WriteResult(tag, value, None, None, "refused",
+                                 f"{tag}: {identity} may not write (operators and engineers "
+                                 f"may); nothing sent", reason, source, user)
+            await asyncio.to_thread(self._audit, result)
+            return result
         async with self._lock():
             try:
-                result = await self._attempt(tag, value, reason, source, confirm, auto)
+                result = await self._attempt(tag, value, reason, source, confirm, auto, user)
             except asyncio.CancelledError:
                 # The write may have reached the equipment: the attempt is audited all the same
                 # (here, on the loop: a cancelled task cannot await the thread).
                 self._audit(WriteResult(tag, value, None, None, "failed",
                                         f"{tag}: cancelled before it completed; whether it "
-                                        f"reached the equipment is unknown", reason, source))
+                                        f"reached the equipment is unknown", reason, source,
+                                        user))
                 raise
             await asyncio.to_thread(self._audit, result)
             return result
 
     async def _attempt(self, tag: str, value: Any, reason: str, source: str, confirm: Any,
-                       auto: bool) -> WriteResult:
+                       auto: bool, user: str) -> WriteResult:
         def outcome(result: str, message: str, old: float | None = None,
                     read_back: float | None = None) -> WriteResult:
-            return WriteResult(tag, value, old, read_back, result, message, reason, source)
+            return WriteResult(tag, value, old, read_back, result, message, reason, source,
+                               user)
 
         limits = self.allow.get(tag)
         if limits is None:
@@ -826,7 +904,7 @@ class GuardedWriter:
                                       f"(now {was}); nothing written", old)
         if not auto:
             asked = await self._confirmed(WriteRequest(tag, old, requested, limits, reason,
-                                                       source, self.user), confirm)
+                                                       source, user), confirm)
             if asked is not True:
                 return outcome("not-confirmed", asked, old)
         try:
@@ -943,7 +1021,7 @@ class GuardedWriter:
 
         record = {
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-            "user": self.user, "tag": result.tag, "old": result.old,
+            "user": result.user or self.user, "tag": result.tag, "old": result.old,
             "requested": number(result.requested), "read_back": result.read_back,
             "result": result.result, "reason": result.reason, "source": result.source,
             "message": result.message, "dry_run": self.dry_run}

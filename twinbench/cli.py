@@ -92,7 +92,9 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         return serve_demo(port=args.port, opcua_port=args.opcua_port, writable=args.writable,
                           audit=args.audit, mqtt=args.mqtt, speedup=args.speedup,
-                          faults=args.fault or (), verbose=args.verbose)
+                          faults=args.fault or (), verbose=args.verbose,
+                          sign_in=not args.no_sign_in, read_only=args.read_only,
+                          users=args.users, host=args.host)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"twinbench demo: {exc}", file=sys.stderr)
         return 2
@@ -311,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--speedup", type=float, default=1.0, help="simulated s per wall s")
     d.add_argument("--fault", action="append", metavar="SPEC", help="a plant fault (repeatable)")
     d.add_argument("--verbose", action="store_true", help="show Voila's log")
+    d.add_argument("--host", default="127.0.0.1",
+                   help="address Voila listens on (default 127.0.0.1: this machine only)")
+    d.add_argument("--users", default=None, metavar="FILE",
+                   help="sign in with the accounts of this users file (twinbench users add); "
+                        "default: a one-time operator account, its password printed once")
+    d.add_argument("--no-sign-in", action="store_true",
+                   help="no sign-in (refused for a writable app on a non-loopback --host)")
+    d.add_argument("--read-only", action="store_true",
+                   help="a public showcase: no write path at all, no sign-in unless --users")
     d.set_defaults(func=_demo)
 
     r = sub.add_parser("record", help="record live tags into a .nc or .zarr dataset",

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -165,7 +168,8 @@ def serve_demo(*, port: int | None = None, opcua_port: int | None = None,
                writable: Sequence[str] | str = ("speed_setpoint",),
                audit: str | os.PathLike[str] | None = None, mqtt: str = "auto",
                speedup: float = 1.0, faults: str | Iterable[str] = (),
-               verbose: bool = False) -> int:
+               verbose: bool = False, sign_in: bool = True, read_only: bool = False,
+               users: str | os.PathLike[str] | None = None, host: str = "127.0.0.1") -> int:
     """Run the plant and the dashboard app until Ctrl-C or SIGTERM; the exit code.
 
     Parameters
@@ -184,12 +188,36 @@ def serve_demo(*, port: int | None = None, opcua_port: int | None = None,
         Passed to :class:`twinbench.plant.Plant`.
     verbose : bool
         Show Voila's log on stderr.
+    sign_in : bool, default True
+        Visitors sign in (see :mod:`twinbench.auth`). Without `users`, a users file is made for
+        this run with one operator, ``operator``, whose generated password is printed once.
+    read_only : bool, default False
+        A public showcase: no write path at all (no tags writable, no writer in the kernel),
+        and no sign-in unless `sign_in` is also given as True by `users`.
+    users : path, optional
+        An existing users file (``twinbench users add``) instead of the generated operator.
+    host : str, default "127.0.0.1"
+        The address Voila listens on. Another address serves other machines: a writable app
+        is then refused without sign-in.
 
-    Prints the endpoints, the app's URL and then ``twinbench demo ready``.
+    Prints the endpoints, the app's URL, the sign-in (the generated password only here) and
+    then ``twinbench demo ready``.
     """
     from twinbench.app import VoilaServer, dashboard_env, dashboard_path
     from twinbench.plant import Plant
 
+    from twinbench.auth import users_file as open_users
+
+    if read_only:
+        writable = ()
+        sign_in = users is not None
+    if users is not None:
+        sign_in = True
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if not sign_in and not loopback and (writable if isinstance(writable, str) else
+                                         list(writable)):
+        raise ValueError(f"host: a writable app on {host} needs sign-in (drop --no-sign-in, "
+                         f"or serve it --read-only)")
     notebook = dashboard_path()
     if audit is None:
         audit = Path.home() / ".local" / "share" / "twinbench" / "demo" / "audit.jsonl"
@@ -197,7 +225,17 @@ def serve_demo(*, port: int | None = None, opcua_port: int | None = None,
     audit.parent.mkdir(parents=True, exist_ok=True)
     plant = Plant(opcua_port=_port_or_free(opcua_port, 4840), mqtt=mqtt, speedup=speedup,
                   faults=faults)
-    server = VoilaServer(notebook, port=_port_or_free(port, 8866), quiet=not verbose, env={})
+    password = None
+    if sign_in and users is None:
+        # A users file for this run only, with a fresh operator password: a credential that
+        # outlives the demo would be one more secret lying around.
+        state = Path(tempfile.mkdtemp(prefix="twinbench-demo-"))
+        users = state / "users.json"
+        password = secrets.token_urlsafe(12)
+        open_users(users).add("operator", password, "operator")
+    server = VoilaServer(notebook, port=_port_or_free(port, 8866), host=host, quiet=not verbose,
+                         env={}, auth="users" if sign_in else None,
+                         users_file=users if sign_in else None)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -213,6 +251,12 @@ def serve_demo(*, port: int | None = None, opcua_port: int | None = None,
             _say(f"writable    {server.env['TWINBENCH_WRITABLE'] or 'none (read-only)'}"
                  f"; audit log {audit}")
             _say(f"dashboard   {server.url}")
+            if password is not None:
+                _say(f"sign in     operator / {password}  (shown only now; valid for this run)")
+            elif sign_in:
+                _say(f"sign in     with an account of {users}")
+            else:
+                _say("sign in     off" + (" (read-only showcase)" if read_only else ""))
             _say("twinbench demo ready  (Ctrl-C stops it)")
             code = 0
             while not stop.is_set():
@@ -231,6 +275,8 @@ def serve_demo(*, port: int | None = None, opcua_port: int | None = None,
             await plant.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            if password is not None:
+                shutil.rmtree(Path(users).parent, ignore_errors=True)
             _say("twinbench demo stopped")
 
     return asyncio.run(main())

@@ -216,6 +216,53 @@ def test_scenario_panel_draws_a_fan_with_one_band_per_quantile_pair(recording):
     assert len(panel.chart.children) == 1
 
 
+def test_scenario_requests_from_the_page_are_checked(recording):
+    """Values a page sends (even ones its widgets would not produce) never start a run."""
+    twin = replay_twin(recording)
+    panel = ui.ScenarioPanel(twin, horizon=600.0, dt=1.0, n=5)
+
+    async def run(**values):
+        for name, value in values.items():
+            box = panel.inputs.get(name) or getattr(panel, name)
+            box.value = value
+        return await panel.run()
+
+    async def main():
+        await feed(twin, parts=2)
+        out = {}
+        out["steps"] = await run(horizon=1e9, dt=1.0)
+        out["dt"] = await run(horizon=600.0, dt=-1.0)
+        out["nan"] = await run(dt=1.0, speed_setpoint=float("nan"))
+        return out
+
+    out = asyncio.run(main())
+    assert out == {"steps": None, "dt": None, "nan": None}
+    assert "speed_setpoint: expected finite numbers" in panel.message.value
+
+
+def test_panels_follow_the_role(recording, monkeypatch):
+    """Viewer: nothing to change; operator: Run and the control panel; engineer: also the
+    connection. A viewer's click on Run is refused in the kernel, whatever the page showed."""
+    from twinbench import session
+    from twinbench.auth import ENV_AUTH
+
+    twin = replay_twin(recording)
+    dash = ui.Dashboard(twin, title="Pump 1", plot_variables=["speed"])
+    roles = {r: session.Identity("u", r, True) for r in ("viewer", "operator", "engineer")}
+    shown = {}
+    for role, who in roles.items():
+        dash._on_identity(who)
+        shown[role] = (dash.control.widget.layout.display != "none",
+                       not dash.scenario.run_button.disabled,
+                       not dash.connection.connect_button.disabled)
+    assert shown == {"viewer": (False, False, False), "operator": (True, True, False),
+                     "engineer": (True, True, True)}
+    assert "<b>u</b> · engineer view" in dash.header_html.value
+    monkeypatch.setenv(ENV_AUTH, "users")  # a signed-in app; this click carries no stamp
+    dash.scenario.run_button.click()
+    assert "may not run scenarios" in dash.scenario.message.value
+
+
 def test_maintenance_panel_kpis_and_dashboard_starts_once(recording, tmp_path):
     from twinbench.kernel.rul import ParticleFilterRUL
     from twinbench.maintenance import MaintenancePolicy

@@ -199,12 +199,13 @@ def test_running_a_scenario_draws_the_fan_chart(dashboard, artifacts):
     artifacts("voila-3-fan-chart", page)
 
 
-def test_twinbench_demo_serves_the_dashboard_and_stops_cleanly(tmp_path):
+def test_twinbench_demo_read_only_serves_the_dashboard_and_stops_cleanly(tmp_path):
+    """The public showcase: no sign-in, no write path (sign-in: tests/ui/test_demo_signin.py)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "twinbench", "demo", "--port", "0", "--opcua-port", "0",
-         "--mqtt", "none", "--audit", str(tmp_path / "audit.jsonl")],
+         "--mqtt", "none", "--audit", str(tmp_path / "audit.jsonl"), "--read-only"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = []
@@ -220,6 +221,8 @@ def test_twinbench_demo_serves_the_dashboard_and_stops_cleanly(tmp_path):
         with urllib.request.urlopen(url, timeout=120) as resp:  # renders the notebook
             page = resp.read().decode()
         assert resp.status == 200 and "dashboard" in page.lower()
+        assert any(line.startswith("writable    none (read-only)") for line in lines), lines
+        assert any(line.startswith("sign in     off") for line in lines), lines
         # the twinbench template drops the lab template's Font Awesome CDN links
         assert "fontawesome-free@^5/css/all.min.css" not in page
         assert read_setpoint(opcua) >= 0

@@ -10,6 +10,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from twinbench import session
 from twinbench.ui.panels import ConnectionPanel, ControlPanel, MaintenancePanel, ScenarioPanel
 from twinbench.ui.plots import LivePlot, load_bokeh
 
@@ -23,6 +24,12 @@ class Dashboard:
     maintenance), main area (live plot, what-if).
 
     Writes stay disabled unless `writable` names tags (which the twin's writer must allow).
+
+    In an app with sign-in (see :mod:`twinbench.session`), the page's user and role show in
+    the header, and the panels follow the role: viewers see everything and change nothing,
+    operators also write allow-listed tags and run scenarios, engineers also change the
+    connection and tag map. Until the page's first message says who is looking, the dashboard
+    shows the viewer's view. Every write and scenario run checks the role again in the kernel.
 
     Parameters
     ----------
@@ -61,6 +68,8 @@ class Dashboard:
         self.control = ControlPanel(twin, writable)
         self.maintenance = MaintenancePanel(twin, kpis=kpis)
         self.scenario = ScenarioPanel(twin, **dict(scenario or {}))
+        #: Who is looking (None until the page's first message in an app with sign-in).
+        self.identity: session.Identity | None = None
         self.header_html = widgets.HTML(self._header())
         self._task: asyncio.Task[None] | None = None
         self._widget = widgets.AppLayout(
@@ -72,6 +81,17 @@ class Dashboard:
                                 layout=widgets.Layout(overflow="auto")),
             pane_widths=["420px", 1, 0], pane_heights=["60px", 1, 0],
             layout=widgets.Layout(width="100%"))
+        self._apply_role(session.Identity("nobody yet", "viewer", True))
+        self._unwatch = session.watch(self._on_identity)
+
+    def _apply_role(self, who: session.Identity) -> None:
+        for panel in (self.connection, self.control, self.scenario):
+            panel.apply_role(who)
+
+    def _on_identity(self, who: session.Identity) -> None:
+        self.identity = who
+        self._apply_role(who)
+        self.header_html.value = self._header()
 
     def _header(self) -> str:
         twin = self.twin
@@ -81,10 +101,16 @@ class Dashboard:
         alarm_text = (f"<span style='color:white;background:#c00;padding:2px 6px'>"
                       f"{html.escape(', '.join(alarms))}</span>" if alarms
                       else "<span style='color:green'>no alarms</span>")
+        who = self.identity
+        signed = ""
+        if who is not None and who.signed_in:
+            # what the kernel allows this page (the template's header has the sign-out link)
+            signed = (f"<span style='margin-left:auto'><b>{html.escape(who.user)}</b> · "
+                      f"{html.escape(who.role or 'no role')} view</span>")
         return (f"<div style='display:flex;gap:2em;align-items:center'>"
                 f"<h2 style='margin:0'>{html.escape(self.title)}</h2>"
                 f"<span>{'● running' if running else '○ stopped'}; "
-                f"{stats.get('samples', 0)} samples</span>{alarm_text}</div>")
+                f"{stats.get('samples', 0)} samples</span>{alarm_text}{signed}</div>")
 
     def update(self) -> None:
         """Refresh the header and the control panel's current values now."""

@@ -22,6 +22,7 @@ from bokeh.models import ColumnDataSource, Span
 from bokeh.plotting import figure
 from jupyter_bokeh import BokehModel
 
+from twinbench.session import Identity, request_identity
 from twinbench.ui.plots import fan_chart, load_bokeh
 
 __all__ = ["ConnectionPanel", "ControlPanel", "MaintenancePanel", "ScenarioPanel", "TagBrowser",
@@ -71,6 +72,23 @@ class _Component:
 
         load_bokeh()
         display(self._widget)
+
+
+_VERBS = {"write": "write to the equipment", "scenario": "run scenarios",
+          "configure": "change the connection or the tag map"}
+
+
+def _permitted(action: str, message: Any) -> Identity | None:
+    """Who sent the click being handled, if their role permits `action`; else None, with the
+    refusal shown in `message` (an HTML widget). Checked in the kernel at every click: a
+    control hidden or disabled in the page can still be clicked by a crafted message."""
+    who = request_identity()
+    if who.may(action):
+        return who
+    _logger.warning("refused: %s may not %s", who, action)
+    message.value = (f"<span style='color:red'>{html.escape(str(who))} may not "
+                     f"{_VERBS.get(action, action)}</span>")
+    return None
 
 
 def _spawn(coro: Any, owner: Any, name: str) -> asyncio.Task[Any]:
@@ -151,6 +169,11 @@ class ConnectionPanel(_Component, _Refresher):
         self.security = widgets.Dropdown(options=["none", "sign", "encrypt"],
                                          value=status.get("security") or "none",
                                          description="Security")
+        # OPC-UA security: the server's certificate must be in the trust list, unless the
+        # engineer chooses trust on first use (stored, then pinned; never silent).
+        self.trust = widgets.Dropdown(options=[("trust list", "list"),
+                                               ("trust on first use", "first-use")],
+                                      value=status.get("trust") or "list", description="Trust")
         self.username = widgets.Text(value="", description="User")
         self.password = widgets.Password(value="", description="Password")
         lines = ""
@@ -164,17 +187,26 @@ class ConnectionPanel(_Component, _Refresher):
         self.connect_button = widgets.Button(description="Connect", button_style="success",
                                              icon="plug")
         self.disconnect_button = widgets.Button(description="Disconnect", icon="power-off")
-        self.connect_button.on_click(lambda _: _spawn(self.connect(), self, "connect"))
-        self.disconnect_button.on_click(lambda _: _spawn(self.disconnect(), self, "disconnect"))
         self.message = widgets.HTML("")
+        self.connect_button.on_click(lambda _: _permitted("configure", self.message) and _spawn(
+            self.connect(), self, "connect"))
+        self.disconnect_button.on_click(lambda _: _permitted("configure", self.message) and
+                                        _spawn(self.disconnect(), self, "disconnect"))
         self.status_html = widgets.HTML(self._status_text())
         self._task: asyncio.Task[None] | None = None
         self._last: tuple[float, int] | None = None
         self._widget = widgets.VBox([
-            widgets.HTML("<b>Connection</b>"), self.url, self.security, self.username,
+            widgets.HTML("<b>Connection</b>"), self.url, self.security, self.trust, self.username,
             self.password, self.tags,
             widgets.HBox([self.connect_button, self.disconnect_button]), self.message,
             self.status_html])
+
+    def apply_role(self, who: Identity) -> None:
+        """Enable the fields and buttons for roles that may configure (engineers)."""
+        locked = not who.may("configure")
+        for w in (self.url, self.security, self.trust, self.username, self.password, self.tags,
+                  self.connect_button, self.disconnect_button):
+            w.disabled = locked
 
     def _tag_map(self) -> Any:
         if self._tags_path is not None and not self.tags.value.strip():
@@ -203,6 +235,8 @@ class ConnectionPanel(_Component, _Refresher):
             options = dict(self.options)
             if self.url.value.startswith("opc.tcp://"):
                 options["security"] = self.security.value
+                if self.security.value != "none":
+                    options["trust"] = self.trust.value
             if self.username.value:
                 options["username"] = self.username.value
             if password:
@@ -500,6 +534,24 @@ class TagBrowser(_Component):
 # -- scenarios ---------------------------------------------------------------------------------
 
 
+#: The longest what-if a panel runs, in steps (horizon / step): a page cannot ask for more.
+MAX_SCENARIO_STEPS = 200_000
+
+
+def _scenario_problem(horizon: float, dt: float, values: Mapping[str, Any]) -> str:
+    """Why a what-if request cannot run ('' when it can)."""
+    if not (math.isfinite(horizon) and horizon > 0):
+        return f"horizon: expected seconds > 0, got {horizon!r}"
+    if not (math.isfinite(dt) and dt > 0):
+        return f"step: expected seconds > 0, got {dt!r}"
+    if horizon / dt > MAX_SCENARIO_STEPS:
+        return (f"horizon / step: {horizon / dt:.3g} steps, at most {MAX_SCENARIO_STEPS} "
+                f"(a longer step or a shorter horizon)")
+    bad = [name for name, v in values.items()
+           if not isinstance(v, (int, float)) or not math.isfinite(v)]
+    return f"{', '.join(bad)}: expected finite numbers" if bad else ""
+
+
 class ScenarioPanel(_Component):
     """Setpoints, loads, parameters and a horizon → a what-if ensemble as a fan chart.
 
@@ -563,11 +615,12 @@ class ScenarioPanel(_Component):
         self.dt = widgets.FloatText(value=float(dt), description="step [s]")
         self.n = widgets.BoundedIntText(value=int(n), min=1, max=100000, description="draws")
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
-        self.run_button.on_click(lambda _: _spawn(self.run(), self, "whatif"))
         self.current_button = widgets.Button(description="Use current inputs")
         self.current_button.on_click(lambda _: self.use_current())
         self.progress = widgets.IntProgress(value=0, min=0, max=2, description="")
         self.message = widgets.HTML("")
+        self.run_button.on_click(lambda _: _permitted("scenario", self.message) and _spawn(
+            self.run(), self, "whatif"))
         self.chart = widgets.VBox([], layout=widgets.Layout(width="100%"))
         self.result: Any = None
         self.figure: Any = None
@@ -577,6 +630,11 @@ class ScenarioPanel(_Component):
                           widgets.VBox([self.horizon, self.dt, self.n, self.variable])]),
             widgets.HBox([self.run_button, self.current_button, self.progress]), self.message,
             self.chart], layout=widgets.Layout(width="100%"))
+
+    def apply_role(self, who: Identity) -> None:
+        """Enable Run for roles that may run scenarios (operators, engineers)."""
+        self.run_button.disabled = not who.may("scenario")
+        self.run_button.tooltip = "" if who.may("scenario") else f"{who} may not run scenarios"
 
     def use_current(self) -> None:
         """Fill the input boxes with the twin's latest inputs."""
@@ -604,6 +662,14 @@ class ScenarioPanel(_Component):
         """Run the what-if off the loop and draw its fan chart; returns the result (None when
         it failed: the message says why)."""
         horizon, dt = float(self.horizon.value), float(self.dt.value)
+        # The boxes' values come from the page: checked here, whatever the page allowed.
+        problem = _scenario_problem(horizon, dt, {**{k: b.value for k, b in self.inputs.items()},
+                                                  **{k: b.value for k, b in
+                                                     self.parameters.items()}})
+        if problem:
+            self.progress.value, self.progress.bar_style = 0, "danger"
+            self.message.value = f"<span style='color:red'>{html.escape(problem)}</span>"
+            return None
         steps = max(1, round(horizon / dt))
         every = max(1, steps // 300)  # a few hundred points per line is plenty on screen
         call = {"dt": dt, "changes": self._changes(), "n": int(self.n.value),
@@ -729,6 +795,9 @@ class ControlPanel(_Component):
         self.now_html: dict[str, widgets.HTML] = {}
         self._edited: set[str] = set()
         self._filling = False
+        self.allowed_html: dict[str, widgets.HTML] = {}
+        self.limit_boxes: dict[str, tuple[widgets.FloatText, widgets.FloatText]] = {}
+        self.limit_rows: list[Any] = []
         rows = []
         for tag in self.writable:
             lim = writer.allow[tag]
@@ -742,20 +811,64 @@ class ControlPanel(_Component):
                         "value")
             button = self.buttons[tag] = widgets.Button(description="Write…", icon="pencil",
                                                         layout=widgets.Layout(width="7em"))
-            button.on_click(lambda _, t=tag: _spawn(self.write(t, self.values[t].value), self,
-                                                   f"write {t}"))
+            button.on_click(lambda _, t=tag: self._clicked(t))
             self.now_html[tag] = widgets.HTML("")
-            rows.append(widgets.VBox([widgets.HBox([box, button]), widgets.HTML(
-                f"<small>allowed {lim.low:g} … {lim.high:g}{rate}</small>"),
-                self.now_html[tag]]))
+            self.allowed_html[tag] = widgets.HTML(
+                f"<small>allowed {lim.low:g} … {lim.high:g}{rate}</small>")
+            rows.append(widgets.VBox([widgets.HBox([box, button]), self.allowed_html[tag],
+                                      self.now_html[tag]]))
+            # An engineer's limits editor, within the bounds the app was made with.
+            low = widgets.FloatText(value=lim.low, description="limits",
+                                    style={"description_width": "9em"},
+                                    layout=widgets.Layout(width="14em"))
+            high = widgets.FloatText(value=lim.high, layout=widgets.Layout(width="6em"))
+            set_button = widgets.Button(description="Set limits",
+                                        layout=widgets.Layout(width="7em"))
+            set_button.on_click(lambda _, t=tag: self.set_limits(
+                t, self.limit_boxes[t][0].value, self.limit_boxes[t][1].value,
+                identity=request_identity()))
+            self.limit_boxes[tag] = (low, high)
+            self.limit_rows.append(widgets.HBox([low, high, set_button]))
         self.update()
         if self.enabled:
             self.update_audit()
-            body = [*rows, self.dialog, self.result_html, widgets.HTML("<i>audit trail</i>"),
-                    self.audit_html]
+            self.limits_box = widgets.VBox(self.limit_rows)
+            body = [*rows, self.dialog, self.result_html, self.limits_box,
+                    widgets.HTML("<i>audit trail</i>"), self.audit_html]
         else:
+            self.limits_box = widgets.VBox([])
             body = [widgets.HTML("<i>read-only: writes are not enabled for this app</i>")]
         self._widget = widgets.VBox([widgets.HTML("<b>Control</b>"), *body])
+
+    def apply_role(self, who: Identity) -> None:
+        """Show the panel to roles that may write, hide it from the others (the write path
+        checks the role again at every write)."""
+        self._widget.layout.display = None if who.may("write") else "none"
+        self.limits_box.layout.display = None if who.may("configure") else "none"
+
+    def set_limits(self, tag: str, low: float, high: float, *,
+                   identity: Identity | None = None) -> Any:
+        """Narrow or restore a tag's limits within the app's bounds (engineers, in an app with
+        sign-in); returns the audited result (also shown)."""
+        if not self.enabled or tag not in self.writable:
+            raise ValueError(f"tag: {tag!r} is not writable from this panel "
+                             f"(writable: {self.writable})")
+        result = self.writer.set_limits(tag, low, high, reason=f"{self.reason}: limits",
+                                        identity=identity)
+        colour = "green" if result.result == "limits-changed" else "red"
+        self.result_html.value = (f"<span style='color:{colour}'><b>{html.escape(result.result)}"
+                                  f"</b>: {html.escape(result.message)}</span>")
+        lim = self.writer.allow[tag]
+        rate = "" if lim.max_rate is None else f", at most {lim.max_rate:g}/s"
+        self.allowed_html[tag].value = f"<small>allowed {lim.low:g} … {lim.high:g}{rate}</small>"
+        self.update_audit()
+        return result
+
+    def _clicked(self, tag: str) -> None:
+        # Who clicked (the server's stamp on this very message), captured now; the writer
+        # refuses and audits a role that may not write, before any confirmation.
+        _spawn(self.write(tag, self.values[tag].value, identity=request_identity()), self,
+               f"write {tag}")
 
     def _current(self, tag: str) -> float | None:
         """The tag's latest value in the twin's state (None when unknown)."""
@@ -816,15 +929,17 @@ class ControlPanel(_Component):
         """Answer the dialog with Cancel."""
         self.cancel_button.click()
 
-    async def write(self, tag: str, value: float) -> Any:
+    async def write(self, tag: str, value: float, *, identity: Identity | None = None) -> Any:
         """Write through the twin's guarded writer, asking for confirmation in the panel;
-        returns the WriteResult (also shown)."""
+        returns the WriteResult (also shown). `identity`: who asks (default: the sender of the
+        message being handled; in an app with sign-in their role must permit writing)."""
         if not self.enabled or tag not in self.writable:
             raise ValueError(f"tag: {tag!r} is not writable from this panel "
                              f"(writable: {self.writable})")
         self.result_html.value = "…"
         result = await self.writer.write(tag, value, reason=self.reason, source="user",
-                                         confirm=self._ask)
+                                         confirm=self._ask,
+                                         identity=identity or request_identity())
         colour = {"written": "green", "dry-run": "gray"}.get(result.result, "red")
         self.result_html.value = (f"<span style='color:{colour}'><b>{html.escape(result.result)}"
                                   f"</b>: {html.escape(result.message)}</span>")
