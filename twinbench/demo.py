@@ -204,9 +204,8 @@ def serve_demo(*, port: int | None = None, opcua_port: int | None = None,
     then ``twinbench demo ready``.
     """
     from twinbench.app import VoilaServer, dashboard_env, dashboard_path
-    from twinbench.plant import Plant
-
     from twinbench.auth import users_file as open_users
+    from twinbench.plant import Plant
 
     if read_only:
         writable = ()
@@ -267,7 +266,7 @@ def serve_demo(*, port: int | None = None, opcua_port: int | None = None,
                     break
                 try:
                     await asyncio.wait_for(stop.wait(), 0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             return code
         finally:

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
 __all__ = ["Identity", "auth_required", "identity_of", "request_identity", "watch"]
 
 _logger = logging.getLogger(__name__)
@@ -162,7 +161,7 @@ def _observe(msg: Any) -> None:
         return  # not from a page (the kernel's own start-up, Voila executing the notebook)
     if who != _seen:
         _seen = who
-        for callback in list(_watchers):
+        for callback in _watchers:
             _call(callback, who)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.ui.conftest import MISSING
-from tests.ui.test_voila import POINT_COUNT_JS, control_row, read_setpoint
+from tests.ui.test_voila import POINT_COUNT_JS, control_row, read_setpoint, stop_demo
 from twinbench.auth import users_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,19 +41,9 @@ def _start_demo(args: list[str], tmp: Path) -> tuple[subprocess.Popen, dict[str,
         if line.startswith("twinbench demo ready") or time.monotonic() > deadline:
             break
     if "twinbench" not in lines:
-        _stop(proc)
+        stop_demo(proc)
         pytest.fail(f"demo did not start: {lines}; {(tmp / 'demo.err').read_text()[-2000:]}")
     return proc, lines
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +59,7 @@ def demo(tmp_path_factory):
         yield {"url": lines["dashboard"].split()[0], "opcua": lines["opcua"].split()[-1],
                "audit": tmp / "audit.jsonl", "lines": lines}
     finally:
-        _stop(proc)
+        stop_demo(proc)
 
 
 def sign_in(page, url: str, name: str, password: str) -> None:
@@ -158,7 +147,7 @@ def test_plain_demo_signs_in_with_its_one_time_operator(tmp_path, new_page, arti
         sign_in(page, url, name, password)
         page.get_by_text("operator view").first.wait_for(timeout=120_000)
     finally:
-        _stop(proc)
+        stop_demo(proc)
     out = proc.stdout.read()
     assert password not in out  # printed once, at the start, never again
     assert password not in (tmp_path / "demo.err").read_text()

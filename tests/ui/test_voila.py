@@ -231,10 +231,16 @@ def test_twinbench_demo_read_only_serves_the_dashboard_and_stops_cleanly(tmp_pat
         assert proc.returncode == 0, err
         assert "twinbench demo stopped" in out
     finally:
-        if proc.poll() is None:  # SIGTERM first: the demo stops its Voila (own session) too
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_demo(proc)
+
+
+def stop_demo(proc: subprocess.Popen) -> None:
+    """Stop a `twinbench demo` process: SIGTERM first (the demo stops its Voila, in its own
+    session, too), then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -9,7 +9,7 @@ import concurrent.futures
 import threading
 from typing import Any
 
-__all__ = ["LoopThread"]
+__all__ = ["LoopThread", "run_to_completion"]
 
 
 class LoopThread:
@@ -58,3 +58,28 @@ class LoopThread:
             thread.join(join_timeout)
         if not loop.is_running():
             loop.close()
+
+
+def run_to_completion(make: Any, name: str) -> Any:
+    """Run the coroutine ``make()`` returns to completion from synchronous code and return its
+    result (or raise its exception): with ``asyncio.run`` when no loop runs on this thread, else
+    on a worker thread named `name` (a notebook cell, whose thread runs the kernel's loop),
+    blocking until it is done."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = asyncio.run(make())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -73,7 +73,6 @@ import logging
 import math
 import os
 import re
-import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -90,7 +89,7 @@ from twinbench.io._common import (
     credentials,
     write_items,
 )
-from twinbench.io._sync import LoopThread
+from twinbench.io._sync import LoopThread, run_to_completion
 from twinbench.io.batch import Batch, Quality, quality_from_opcua_status
 from twinbench.io.browse import BrowseNode
 from twinbench.io.decode import DecodeStats, RateLimitedLog, Reject
@@ -646,26 +645,9 @@ async def fetch_server_certificate(url: str, *, timeout: float = 5.0) -> Certifi
 
 
 def _run_coroutine(make: Any) -> Any:
-    """Run the coroutine `make()` returns to completion, from sync code; on a worker thread when
-    this thread already runs a loop (a notebook cell)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            outcome["value"] = asyncio.run(make())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=work, name="twinbench-opcua-trust", daemon=True)
-    worker.start()
-    worker.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    """Run the coroutine `make()` returns to completion, from sync code (a worker thread in a
+    notebook cell)."""
+    return run_to_completion(make, "twinbench-opcua-trust")
 
 
 def trust_certificate(certificate: str | os.PathLike[str] | bytes, *,

@@ -31,18 +31,17 @@ Examples
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import math
 import os
-import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from twinbench.io._sync import run_to_completion
 from twinbench.io.batch import Batch, concat
 
 __all__ = ["arecord", "dataset_from_batch", "record", "strip_credentials", "write_dataset"]
@@ -243,22 +242,6 @@ def record(source: Any, duration: float, path: str | os.PathLike[str] | None = N
     Without a running event loop it runs its own. Inside one (a notebook cell) it records on a
     private thread and blocks until done: prefer ``await arecord(...)`` there.
     """
-    coro = arecord(source, duration, path, max_samples=max_samples, start=start)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["value"] = asyncio.run(coro)
-        except BaseException as exc:  # handed to the caller's thread below
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, name="twinbench-record", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+    return run_to_completion(
+        lambda: arecord(source, duration, path, max_samples=max_samples, start=start),
+        "twinbench-record")

@@ -19,8 +19,15 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 from bokeh.layouts import column
-from bokeh.models import (CheckboxGroup, ColumnDataSource, CustomJS, Div, InlineStyleSheet,
-                          Range1d, Span)
+from bokeh.models import (
+    CheckboxGroup,
+    ColumnDataSource,
+    CustomJS,
+    Div,
+    InlineStyleSheet,
+    Range1d,
+    Span,
+)
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from jupyter_bokeh import BokehModel
