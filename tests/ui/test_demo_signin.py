@@ -28,11 +28,11 @@ def _start_demo(args: list[str], tmp: Path) -> tuple[subprocess.Popen, dict[str,
     """`twinbench demo ARGS` until it says ready; the process and its announced lines."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "twinbench", "demo", "--port", "0", "--opcua-port", "0",
-         "--mqtt", "none", "--speedup", "10", "--audit", str(tmp / "audit.jsonl"), *args],
-        stdout=subprocess.PIPE, stderr=open(tmp / "demo.err", "w"), text=True, env=env,
-        start_new_session=True)
+    with open(tmp / "demo.err", "w") as err:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "twinbench", "demo", "--port", "0", "--opcua-port", "0",
+             "--mqtt", "none", "--speedup", "10", "--audit", str(tmp / "audit.jsonl"), *args],
+            stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True)
     lines: dict[str, str] = {}
     deadline = time.monotonic() + 120
     for line in proc.stdout:
