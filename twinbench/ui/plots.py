@@ -18,7 +18,7 @@ from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
-from bokeh.layouts import column
+from bokeh.layouts import gridplot
 from bokeh.models import (
     CheckboxGroup,
     ColumnDataSource,
@@ -38,17 +38,45 @@ _logger = logging.getLogger(__name__)
 _loaded = False
 
 
-def load_bokeh(force: bool = False) -> None:
+#: The BokehJS bundles :func:`load_bokeh` loads by default: the core and the widgets (the plots'
+#: legend rows). Every page load carries them: inline, all five bundles weigh 3.9 MB (MathJax
+#: alone 1.8 MB), twice (Bokeh publishes its loader under two MIME types), which made the
+#: dashboard's page 8.3 MB; with these two it is 3.5 MB.
+BOKEH_COMPONENTS = ("bokeh", "bokeh-widgets")
+_ALL_COMPONENTS = ("bokeh", "bokeh-gl", "bokeh-widgets", "bokeh-tables", "bokeh-mathjax")
+
+
+def load_bokeh(force: bool = False, components: Sequence[str] = BOKEH_COMPONENTS) -> None:
     """Load BokehJS into the notebook page from the installed package (inline, no CDN).
 
     The components call this when they are displayed; call it yourself before displaying a
     component's ``.widget`` directly. It does nothing outside IPython.
 
+    Parameters
+    ----------
+    force : bool, default False
+        Load again even if this kernel has loaded BokehJS already.
+    components : sequence of str
+        The BokehJS bundles: by default ``("bokeh", "bokeh-widgets")``. Add ``"bokeh-tables"``
+        for DataTable, ``"bokeh-gl"`` for WebGL output, ``"bokeh-mathjax"`` for LaTeX labels
+        (and pass ``force=True`` if BokehJS was loaded already).
+
     Examples
     --------
     >>> load_bokeh()  # outside a notebook: nothing to load into
+    >>> load_bokeh(components=["bokeh", "bokeh-tables"])  # with DataTable
+    >>> load_bokeh(components=["bokeh", "charts"])
+    Traceback (most recent call last):
+    ...
+    ValueError: components: expected some of bokeh, bokeh-gl, bokeh-widgets, bokeh-tables, \
+bokeh-mathjax, got ['charts']
     """
     global _loaded
+    components = list(components)
+    unknown = [c for c in components if c not in _ALL_COMPONENTS]
+    if unknown or "bokeh" not in components:
+        raise ValueError(f"components: expected some of {', '.join(_ALL_COMPONENTS)}, got "
+                         f"{unknown or components}" + ("" if unknown else " (without 'bokeh')"))
     if _loaded and not force:
         return
     try:
@@ -59,9 +87,16 @@ def load_bokeh(force: bool = False) -> None:
     if shell is None or not hasattr(shell, "kernel"):
         return
     from bokeh.io import output_notebook
-    from bokeh.resources import INLINE
+    from bokeh.resources import Resources
 
-    output_notebook(resources=INLINE, hide_banner=True)
+    output_notebook(resources=Resources(mode="inline", components=components),
+                    hide_banner=True)
+    if LivePlot.fast_canvas:
+        from IPython.display import publish_display_data
+
+        # The canvas patch (see LivePlot) before the first figure is drawn: BokehJS loads
+        # asynchronously, so wait for it (the plots' first update applies it otherwise).
+        publish_display_data({"application/javascript": _EARLY_PATCH_JS})
     _loaded = True
 
 
@@ -304,7 +339,10 @@ class LivePlot:
             rows.append(fig)
         # One Bokeh document for all figures: they share the source and the x range, and a
         # Bokeh model can belong to one document only.
-        self.layout = column(rows, sizing_mode="stretch_width")
+        # One toolbar for all figures (a tool acts on all of them): forty toolbar buttons
+        # cost the page's first render more than the figures' frames.
+        self.layout = gridplot([[r] for r in rows], merge_tools=True, toolbar_location="right",
+                               sizing_mode="stretch_width")
         # The page's acknowledgement: after painting an update, each view writes the update's
         # sequence number into the tags of a model that draws nothing (a property change of
         # the layout would lay out every figure again), which comes back to the kernel.
@@ -565,7 +603,7 @@ _FAST_CANVAS_JS = """() => {
     Object.defineProperty(PV.prototype, "base_font_size", {configurable: true, get() {
       if (this.__twinbenchFont === undefined) {
         this.__twinbenchFont = font.call(this);
-        queueMicrotask(() => { this.__twinbenchFont = undefined; });
+        setTimeout(() => { this.__twinbenchFont = undefined; }, 0);
       }
       return this.__twinbenchFont;
     }});
@@ -579,6 +617,17 @@ _FAST_CANVAS_JS = """() => {
 # Runs in the page after BokehJS applied a stream (or a new window): once the frame is painted
 # (the timeout after the next animation frame), the page writes the update's number into the
 # ack model's tags; jupyter_bokeh sends that change to the kernel (LivePlot._on_ack).
+_EARLY_PATCH_JS = """
+(function wait(tries) {
+  if (window.__twinbenchCanvasPatch !== undefined) return;
+  if (window.Bokeh && window.Bokeh.require) {
+    window.__twinbenchCanvasPatch = (FAST_CANVAS_JS)();
+  } else if (tries < 1200) {
+    setTimeout(() => wait(tries + 1), 25);
+  }
+})(0);
+""".replace("FAST_CANVAS_JS", _FAST_CANVAS_JS)
+
 _ACK_JS = """
 if (window.__twinbenchCanvasPatch === undefined && fast_canvas) {
   window.__twinbenchCanvasPatch = (FAST_CANVAS_JS)();
