@@ -364,6 +364,18 @@ class RuleEngine:
         """Names of the rules that have fired and whose condition still holds."""
         return [name for name, st in self._state.items() if st.fired]
 
+    def set_condition(self, name: str, condition: Condition | str) -> Rule:
+        """Give rule `name` a new condition (a :class:`Condition` or its text, parsed, never
+        evaluated) and re-arm it; returns the rule."""
+        rule = next((r for r in self.rules if r.name == name), None)
+        if rule is None:
+            raise ValueError(f"name: expected one of {[r.name for r in self.rules]}, got "
+                             f"{name!r}")
+        rule.condition = condition if isinstance(condition, Condition) else \
+            Condition.parse(condition)
+        self._state[name] = _RuleState()
+        return rule
+
     def reset(self) -> None:
         """Forget every episode (all rules re-armed, no cooldown pending)."""
         self._state = {rule.name: _RuleState() for rule in self.rules}
@@ -791,13 +803,9 @@ class GuardedWriter:
         speed_setpoint: 500..4000 leaves the app's bounds 0..3600; limits unchanged
         """
         who = identity or request_identity()
-        user = who.user if who.signed_in else self.user
 
         def outcome(result: str, message: str) -> WriteResult:
-            record = WriteResult(tag, [low, high], None, None, result, message, reason, "user",
-                                 user)
-            self._audit(record)
-            return record
+            return self.record(tag, [low, high], result, message, reason=reason, identity=who)
 
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError("reason: expected a non-empty str saying why the limits change")
@@ -817,6 +825,16 @@ class GuardedWriter:
                                       f"{bound.low:g}..{bound.high:g}; limits unchanged")
         self.allow[tag] = new
         return outcome("limits-changed", f"{tag}: limits now {new.low:g}..{new.high:g}")
+
+    def record(self, tag: str, requested: Any, result: str, message: str, *, reason: str,
+               identity: Identity | None = None) -> WriteResult:
+        """Append a change that is not a write (new limits, a rule's new condition) to the
+        audit log, under the name of who made it; returns the record as a WriteResult."""
+        who = identity or request_identity()
+        entry = WriteResult(tag, requested, None, None, result, message, reason, "user",
+                            who.user if who.signed_in else self.user)
+        self._audit(entry)
+        return entry
 
     def write_sync(self, tag: str, value: Any, *, reason: str, source: str = "user",
                    confirm: Callable[[WriteRequest], bool | Awaitable[bool]] | bool | None = None

@@ -599,6 +599,48 @@ class Twin:
         return self._ring.to_dataset(start, end)
 
     @property
+    def rules(self) -> list[Any]:
+        """The twin's rules (see :class:`~twinbench.act.Rule`), in evaluation order."""
+        return list(self._engine.rules) if self._engine is not None else []
+
+    def set_rule_condition(self, name: str, condition: str, *, identity: Any = None) -> Any:
+        """Give rule `name` a new condition, such as ``"vibration > 5.5"`` (parsed, never
+        evaluated): an engineer's change in an app with sign-in. Audited in the writer's log
+        when the twin has a writer. Returns the record (a ``WriteResult`` with result
+        ``"rule-changed"`` or ``"refused"``; without a writer, an unaudited one).
+
+        Raises nothing for a bad request: the refusal says why.
+        """
+        from twinbench.act import Condition, WriteResult
+        from twinbench.session import auth_required, request_identity
+
+        who = identity or request_identity()
+        rule = next((r for r in self.rules if r.name == name), None)
+        old = str(rule.condition) if rule is not None else None
+        result, message = "refused", ""
+        try:
+            new = Condition.parse(condition)
+        except ValueError as exc:
+            new, message = None, f"rule {name!r}: {exc}; rule unchanged"
+        known = {*self.state.data_vars, *(() if rule is None else (rule.condition.variable,))}
+        if auth_required() and not who.may("configure"):
+            message = f"rule {name!r}: {who} may not change rules (engineers may); unchanged"
+        elif rule is None:
+            message = (f"rule {name!r}: no such rule (rules: "
+                       f"{', '.join(r.name for r in self.rules) or 'none'}); nothing changed")
+        elif new is not None and new.variable not in known:
+            message = (f"rule {name!r}: {new.variable!r} is not a variable of this twin; "
+                       f"rule unchanged")
+        elif new is not None:
+            self._engine.set_condition(name, new)
+            result, message = "rule-changed", f"rule {name!r}: {old} -> {new}"
+        if self.writer is not None:
+            return self.writer.record(f"rule:{name}", condition, result, message,
+                                      reason="rule condition", identity=who)
+        return WriteResult(f"rule:{name}", condition, None, None, result, message,
+                           "rule condition", "user", who.user)
+
+    @property
     def units(self) -> dict[str, str]:
         """CF units of every column of the state (a copy)."""
         return self._ring.units

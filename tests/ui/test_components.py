@@ -263,6 +263,44 @@ def test_panels_follow_the_role(recording, monkeypatch):
     assert "may not run scenarios" in dash.scenario.message.value
 
 
+def test_rules_panel_engineers_change_conditions_audited(recording, monkeypatch, tmp_path):
+    """Only an engineer changes a rule's condition; text is parsed, never evaluated; the
+    variable must be the twin's; every attempt is audited under the asker's name."""
+    from twinbench import session
+    from twinbench.act import Rule, audit_log, guarded_writer
+    from twinbench.auth import ENV_AUTH
+
+    monkeypatch.setenv(ENV_AUTH, "users")
+    twin = replay_twin(recording, rules=[Rule("high vibration", "vibration > 4.5")])
+    # the audit log of an (unconnected) equipment source: rule changes write nothing to it
+    equipment = tb.connect("opc.tcp://127.0.0.1:4840/p", {"speed_setpoint": "ns=2;s=P.sp"})
+    twin.writer = guarded_writer(equipment, {"speed_setpoint": (0, 3000)},
+                                 audit=tmp_path / "audit.jsonl")
+    asyncio.run(feed(twin, parts=2))
+    panel = ui.RulesPanel(twin)
+    eng = session.Identity("erin", "engineer", True)
+    op = session.Identity("ana", "operator", True)
+    panel.apply_role(op)
+    assert panel.conditions["high vibration"].disabled
+    results = [panel.apply("high vibration", "vibration > 3.9", identity=op),
+               panel.apply("high vibration", "__import__('os').system('x') > 1", identity=eng),
+               panel.apply("high vibration", "nonsense > 1", identity=eng),
+               panel.apply("no such rule", "vibration > 1", identity=eng),
+               panel.apply("high vibration", "vibration >= 3.9", identity=eng)]
+    assert [r.result for r in results] == ["refused"] * 4 + ["rule-changed"]
+    assert "ana (operator) may not change rules" in results[0].message
+    assert "not a variable of this twin" in results[2].message
+    assert str(twin.rules[0].condition) == "vibration >= 3.9"
+    assert panel.conditions["high vibration"].value == "vibration >= 3.9"
+    assert "vibration &gt; 4.5 -&gt; vibration &gt;= 3.9" in panel.message.value  # escaped
+    log = audit_log(tmp_path / "audit.jsonl")
+    assert [(r["user"], r["tag"], r["result"]) for r in log] == [
+        ("ana", "rule:high vibration", "refused"), *[("erin", "rule:high vibration",
+                                                      "refused")] * 2,
+        ("erin", "rule:no such rule", "refused"), ("erin", "rule:high vibration",
+                                                   "rule-changed")]
+
+
 def test_maintenance_panel_kpis_and_dashboard_starts_once(recording, tmp_path):
     from twinbench.kernel.rul import ParticleFilterRUL
     from twinbench.maintenance import MaintenancePolicy

@@ -11,6 +11,7 @@ from twinbench.ui.panels import (
     ConnectionPanel,
     ControlPanel,
     MaintenancePanel,
+    RulesPanel,
     ScenarioPanel,
     TagBrowser,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Dashboard",
     "LivePlot",
     "MaintenancePanel",
+    "RulesPanel",
     "ScenarioPanel",
     "TagBrowser",
     "fan_chart",

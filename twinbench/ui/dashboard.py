@@ -11,7 +11,13 @@ from typing import Any
 import ipywidgets as widgets
 
 from twinbench import session
-from twinbench.ui.panels import ConnectionPanel, ControlPanel, MaintenancePanel, ScenarioPanel
+from twinbench.ui.panels import (
+    ConnectionPanel,
+    ControlPanel,
+    MaintenancePanel,
+    RulesPanel,
+    ScenarioPanel,
+)
 from twinbench.ui.plots import LivePlot, load_bokeh
 
 __all__ = ["Dashboard"]
@@ -27,8 +33,8 @@ class Dashboard:
 
     In an app with sign-in (see :mod:`twinbench.session`), the page's user and role show in
     the header, and the panels follow the role: viewers see everything and change nothing,
-    operators also write allow-listed tags and run scenarios, engineers also change the
-    connection and tag map. Until the page's first message says who is looking, the dashboard
+    operators also write allow-listed tags and run scenarios, engineers also change limits,
+    rules' conditions, the connection and the tag map. Until the page's first message says who is looking, the dashboard
     shows the viewer's view. Every write and scenario run checks the role again in the kernel.
 
     Parameters
@@ -66,6 +72,7 @@ class Dashboard:
                              max_points=max_points)
         self.connection = ConnectionPanel(getattr(twin, "source", None), interval=interval)
         self.control = ControlPanel(twin, writable)
+        self.rules = RulesPanel(twin)
         self.maintenance = MaintenancePanel(twin, kpis=kpis)
         self.scenario = ScenarioPanel(twin, **dict(scenario or {}))
         #: Who is looking (None until the page's first message in an app with sign-in).
@@ -75,7 +82,7 @@ class Dashboard:
         self._widget = widgets.AppLayout(
             header=self.header_html,
             left_sidebar=widgets.VBox([self.connection.widget, self.control.widget,
-                                       self.maintenance.widget],
+                                       self.rules.widget, self.maintenance.widget],
                                       layout=widgets.Layout(overflow="auto")),
             center=widgets.VBox([self.plot.widget, self.scenario.widget],
                                 layout=widgets.Layout(overflow="auto")),
@@ -85,7 +92,7 @@ class Dashboard:
         self._unwatch = session.watch(self._on_identity)
 
     def _apply_role(self, who: session.Identity) -> None:
-        for panel in (self.connection, self.control, self.scenario):
+        for panel in (self.connection, self.control, self.rules, self.scenario):
             panel.apply_role(who)
 
     def _on_identity(self, who: session.Identity) -> None:

@@ -25,8 +25,8 @@ from jupyter_bokeh import BokehModel
 from twinbench.session import Identity, request_identity
 from twinbench.ui.plots import fan_chart, load_bokeh
 
-__all__ = ["ConnectionPanel", "ControlPanel", "MaintenancePanel", "ScenarioPanel", "TagBrowser",
-           "html_table"]
+__all__ = ["ConnectionPanel", "ControlPanel", "MaintenancePanel", "RulesPanel", "ScenarioPanel",
+           "TagBrowser", "html_table"]
 
 _logger = logging.getLogger(__name__)
 
@@ -968,6 +968,61 @@ class ControlPanel(_Component):
 
 
 # -- maintenance -------------------------------------------------------------------------------
+
+
+class RulesPanel(_Component):
+    """The twin's rules, and (for engineers, in an app with sign-in) their conditions to edit.
+
+    A condition is text such as ``vibration > 5.5``: parsed, never evaluated; its variable must
+    be one the twin has. Every change is checked in the kernel and audited (see
+    :meth:`twinbench.Twin.set_rule_condition`).
+
+    Examples
+    --------
+    >>> import twinbench as tb
+    >>> from twinbench.act import Rule
+    >>> src = tb.connect("opc.tcp://127.0.0.1:4840/p", {"vibration": "ns=2;s=Pump1.vibration"})
+    >>> twin = tb.Twin(tb.models.pump(), src, R={"vibration": 0.0025},
+    ...                rules=[Rule("high vibration", "vibration > 4.5")])
+    >>> list(RulesPanel(twin).conditions)
+    ['high vibration']
+    """
+
+    def __init__(self, twin: Any) -> None:
+        self.twin = twin
+        self.message = widgets.HTML("")
+        self.conditions: dict[str, widgets.Text] = {}
+        rows = []
+        for rule in twin.rules:
+            box = self.conditions[rule.name] = widgets.Text(
+                value=str(rule.condition), description=rule.name,
+                style={"description_width": "9em"}, layout=widgets.Layout(width="20em"))
+            button = widgets.Button(description="Apply", layout=widgets.Layout(width="6em"))
+            button.on_click(lambda _, n=rule.name: self.apply(
+                n, self.conditions[n].value, identity=request_identity()))
+            rows.append(widgets.HBox([box, button]))
+        self.editor = widgets.VBox([*rows, self.message])
+        body = [self.editor] if rows else [widgets.HTML("<i>no rules</i>")]
+        self._widget = widgets.VBox([widgets.HTML("<b>Rules</b>"), *body])
+
+    def apply_role(self, who: Identity) -> None:
+        """Let engineers edit the conditions; others see them read-only."""
+        for box in self.conditions.values():
+            box.disabled = not who.may("configure")
+        for row in self.editor.children[:-1]:
+            row.children[1].layout.display = None if who.may("configure") else "none"
+
+    def apply(self, name: str, condition: str, *, identity: Identity | None = None) -> Any:
+        """Give rule `name` the condition `condition`; returns the audited record (also
+        shown)."""
+        result = self.twin.set_rule_condition(name, condition, identity=identity)
+        colour = "green" if result.result == "rule-changed" else "red"
+        self.message.value = (f"<span style='color:{colour}'>{html.escape(result.message)}"
+                              f"</span>")
+        rule = next((r for r in self.twin.rules if r.name == name), None)
+        if rule is not None and name in self.conditions:
+            self.conditions[name].value = str(rule.condition)
+        return result
 
 
 class MaintenancePanel(_Component, _Refresher):
