@@ -299,6 +299,7 @@ def server_env():
     saved = {n: os.environ.get(n) for n in names}
     for n in names:
         os.environ.pop(n, None)
+    os.environ["TWINBENCH_AUTH"] = "users"  # what VoilaServer puts in the server's environment
     yield
     for n, v in saved.items():
         if v is None:
@@ -376,9 +377,13 @@ def test_provider_reads_the_token_file_and_sets_the_mode_for_kernels(tmp_path):
     assert prov.token == "from-a-file-1"
     assert os.environ["TWINBENCH_AUTH"] == "token"
     assert os.environ["TWINBENCH_TOKEN_ROLE"] == "viewer"
-    # a server whose environment says "no sign-in" to its kernels must not start with sign-in
+    # a server whose environment says "no sign-in" to its kernels must not start with sign-in,
+    # nor one whose (preheated) kernels were started without the variable
     os.environ["TWINBENCH_AUTH"] = "none"
     with pytest.raises(ValueError, match="TWINBENCH_AUTH='none' in the server's environment"):
+        voila_auth.TwinbenchIdentityProvider(mode="token", token="abcdefgh")
+    del os.environ["TWINBENCH_AUTH"]
+    with pytest.raises(ValueError, match="TWINBENCH_AUTH is not in the server's environment"):
         voila_auth.TwinbenchIdentityProvider(mode="token", token="abcdefgh")
 
 
@@ -437,3 +442,22 @@ def test_login_page_template_renders(tmp_path):
     assert "&lt;b&gt;Wrong&lt;/b&gt;" in html and 'role="alert"' in html
     assert 'name="username"' in html and 'name="password"' in html and 'name="token"' in html
     assert "twinbench-header" in html and "://" not in html.replace("http://www.w3.org", "")
+
+
+def test_a_v1_frame_with_a_forged_offset_table_is_refused_at_once():
+    """The offset count comes from the page: one claiming billions must not hold the loop."""
+    import time as _time
+
+    from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
+
+    good = serialize_msg_to_ws_v1([json.dumps({"msg_type": "comm_msg"}).encode(), b"{}",
+                                   b"{}", b"{}"], "shell")
+    stamped = voila_auth.stamp_ws_message(good, voila_auth.V1_PROTOCOL, "vera", "viewer")
+    assert b'"username": "vera"' in stamped
+    for forged in ((2**31).to_bytes(8, "little") + b"\0" * 8,
+                   (3).to_bytes(8, "little") + (10**9).to_bytes(8, "little") * 3,
+                   good[:8] + good[16:24] + good[8:16] + good[24:]):  # offsets out of order
+        t0 = _time.monotonic()
+        with pytest.raises(ValueError):
+            voila_auth.stamp_ws_message(forged, voila_auth.V1_PROTOCOL, "vera", "viewer")
+        assert _time.monotonic() - t0 < 0.1

@@ -7,6 +7,10 @@ rest of twinbench needs is in :mod:`twinbench.auth`. :func:`twinbench.app.voila_
     --Voila.identity_provider_class=twinbench._voila_auth.TwinbenchIdentityProvider
     --Voila.authorizer_class=twinbench._voila_auth.TwinbenchAuthorizer
     --Voila.kernel_websocket_connection_class=twinbench._voila_auth.TwinbenchKernelConnection
+    --VoilaKernelManager.default_env_variables=TWINBENCH_AUTH=<users|token>
+
+with ``TWINBENCH_AUTH`` also in the server's environment (the identity provider refuses to
+start without it: kernels, preheated ones included, read it to know that roles apply).
 
 * :class:`TwinbenchIdentityProvider` signs people in: name and password against the users file
   (``TWINBENCH_USERS``), or Voila's access token (``--token``, or ``TWINBENCH_TOKEN_FILE``), which
@@ -51,7 +55,6 @@ from traitlets import Float, Int, Unicode, default, validate
 from voila.voila_identity_provider import VoilaLoginHandler
 
 from twinbench.auth import (
-    _NAME,
     AUTH_MODES,
     ENV_AUTH,
     ENV_TOKEN_FILE,
@@ -90,11 +93,6 @@ def _stamp(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
-def _shown(name: str) -> str:
-    # Names go into the log only in the users file's own alphabet: no log injection.
-    return name if _NAME.fullmatch(name) else "<invalid name>"
-
-
 class _Failures:
     """Failed sign-ins per key (a name, an address) in a sliding window."""
 
@@ -121,16 +119,27 @@ class _Failures:
                 wait = max(wait, times[-limit] + window - time.monotonic())
         return max(wait, 0.0)
 
-    def record(self, keys: list[str]) -> None:
+    def record(self, keys: list[str], window: float = 3600.0) -> None:
         now = time.monotonic()
         if len(self._times) > 10_000:  # a flood of made-up names must not grow this forever
             for key in list(self._times):
-                self._recent(key, 0.0)
+                self._recent(key, window)  # old entries only: live lockouts stay
+            while len(self._times) > 10_000:  # still too many: the oldest keys go
+                del self._times[min(self._times, key=lambda k: self._times[k][-1])]
         for key in keys:
             self._times.setdefault(key, deque(maxlen=64)).append(now)
 
     def clear(self, key: str) -> None:
         self._times.pop(key, None)
+
+    def forget_last(self, keys: list[str]) -> None:
+        """Take back the attempt :meth:`record` counted last for each of `keys`."""
+        for key in keys:
+            times = self._times.get(key)
+            if times:
+                times.pop()
+                if not times:
+                    del self._times[key]
 
 
 class TwinbenchIdentityProvider(IdentityProvider):
@@ -191,7 +200,13 @@ class TwinbenchIdentityProvider(IdentityProvider):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         inherited = os.environ.get(ENV_AUTH)
-        if inherited is not None and auth_mode({ENV_AUTH: inherited}) == "none":
+        if inherited is None:
+            # Voila's preheated kernels start from the server's environment before this
+            # provider exists: without the variable they would not check roles at all.
+            raise ValueError(f"{ENV_AUTH} is not in the server's environment, but sign-in is "
+                             f"on: its kernels would not check roles; start Voila with "
+                             f"{ENV_AUTH}={self.mode} (twinbench.app.VoilaServer does)")
+        if auth_mode({ENV_AUTH: inherited}) == "none":
             raise ValueError(f"{ENV_AUTH}={inherited!r} in the server's environment, but sign-in "
                              f"is on: its kernels would not check roles; set {ENV_AUTH}="
                              f"{self.mode} (twinbench.app.VoilaServer does)")
@@ -346,6 +361,8 @@ class TwinbenchIdentityProvider(IdentityProvider):
         if wait > 0:
             self.log.warning("sign-in refused for %s from %s: too many failures", who, address)
             return None, (f"Too many failed sign-ins. Try again in {max(1, round(wait))} s.")
+        # counted before the check: parallel tries must not all pass the limit above
+        self._failures.record(keys, self.failure_window)
         if token:
             user = self.check_token(token)
         elif name and password:
@@ -354,15 +371,15 @@ class TwinbenchIdentityProvider(IdentityProvider):
         else:
             user = None
         if user is None:
-            self._failures.record(keys)
-            self.log.warning("sign-in refused for %s from %s", who if token or known
-                             else f"unknown name {_shown(name)!r}", address)
+            # an unknown name is not shown: it is often a password typed in the wrong field
+            self.log.warning("sign-in refused for %s from %s", who, address)
             await asyncio.sleep(self.failure_delay)
             return None, ("Wrong access token." if token
                           else "Wrong name or password." if name and password
                           else "Enter your name and password.")
         if not token:
             self._failures.clear(f"name:{name}")
+        self._failures.forget_last(keys[:1])  # a success is no failure of its address
         self.log.info("signed in: %s (%s, %s) from %s", user.username,
                       getattr(user, "role", None), getattr(user, "source", None), address)
         return user, None
@@ -557,6 +574,17 @@ def _stamp_binary(ws_msg: bytes, username: str, role: str | None) -> bytes:
     return struct.pack("!" + "I" * (nbufs + 1), nbufs, *new_offsets) + b"".join(bufs)
 
 
+def _check_v1_offsets(ws_msg: bytes) -> None:
+    """Refuse a v1 frame whose offset table does not fit it, before jupyter_server reads the
+    table: its count comes from the page, and a huge one holds the server's loop for minutes."""
+    count = int.from_bytes(ws_msg[:8], "little")
+    if not 2 <= count <= len(ws_msg) // 8 - 1:
+        raise ValueError(f"a v1 message with {count} offsets in {len(ws_msg)} bytes")
+    offsets = [int.from_bytes(ws_msg[8 * (i + 1):8 * (i + 2)], "little") for i in range(count)]
+    if offsets != sorted(offsets) or offsets[0] < 8 * (count + 1) or offsets[-1] > len(ws_msg):
+        raise ValueError("a v1 message whose offsets do not fit it")
+
+
 def stamp_ws_message(ws_msg: str | bytes, subprotocol: str | None, username: str,
                      role: str | None) -> str | bytes:
     """`ws_msg` (a websocket message from a page to its kernel) with ``header["username"]`` set
@@ -583,6 +611,7 @@ def stamp_ws_message(ws_msg: str | bytes, subprotocol: str | None, username: str
         if subprotocol == V1_PROTOCOL:
             if not isinstance(ws_msg, bytes) or len(ws_msg) < 8:
                 raise ValueError("a v1 message must be binary")
+            _check_v1_offsets(ws_msg)
             channel, msg_list = deserialize_msg_from_ws_v1(ws_msg)
             if not msg_list:
                 raise ValueError("a v1 message without a header")

@@ -925,6 +925,13 @@ class GuardedWriter:
                                                        source, user), confirm)
             if asked is not True:
                 return outcome("not-confirmed", asked, old)
+            # The dialog may have stayed open while an engineer narrowed the limits.
+            limits = self.allow.get(tag)
+            if limits is None or not limits.low <= requested <= limits.high:
+                now = ("no longer on the allow-list" if limits is None else
+                       f"now outside the limits {limits.low:g}..{limits.high:g}")
+                return outcome("refused", f"{tag}: {requested:g} is {now} (changed while the "
+                                          f"confirmation was open); nothing sent", old)
         try:
             answer = await self.source.write(tag, value, timeout=self.readback_timeout)
         except Exception as exc:  # noqa: BLE001 - every failure is explained, none retried

@@ -232,9 +232,14 @@ def serve_demo(*, port: int | None = None, opcua_port: int | None = None,
         users = state / "users.json"
         password = secrets.token_urlsafe(12)
         open_users(users).add("operator", password, "operator")
-    server = VoilaServer(notebook, port=_port_or_free(port, 8866), host=host, quiet=not verbose,
-                         env={}, auth="users" if sign_in else None,
-                         users_file=users if sign_in else None)
+    try:
+        server = VoilaServer(notebook, port=_port_or_free(port, 8866), host=host,
+                             quiet=not verbose, env={}, auth="users" if sign_in else None,
+                             users_file=users if sign_in else None)
+    except BaseException:
+        if password is not None:  # the run's users file goes with the run
+            shutil.rmtree(Path(users).parent, ignore_errors=True)
+        raise
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

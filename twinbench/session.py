@@ -62,9 +62,9 @@ class Identity:
 
 def auth_required() -> bool:
     """Whether this process serves a signed-in app (the server set ``TWINBENCH_AUTH``)."""
-    from twinbench.auth import ENV_AUTH
+    from twinbench.auth import auth_mode
 
-    return os.environ.get(ENV_AUTH, "none").strip().lower() not in ("", "none")
+    return auth_mode() != "none"
 
 
 def _local() -> Identity:

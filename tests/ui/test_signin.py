@@ -223,11 +223,12 @@ def test_a_wrong_password_is_refused_and_logged_without_it(app, new_page, wait_u
     _sign_in(page, app, "mallory", "whatever-password")
     page.wait_for_selector("#twinbench-signin-message[role=alert]")
     assert page.text_content("#twinbench-signin-message").strip() == "Wrong name or password."
-    wait_until(lambda: "sign-in refused for unknown name 'mallory'" in app.log(), 30,
+    wait_until(lambda: "sign-in refused for an unknown name" in app.log(), 30,
                "the second refusal in Voila's log")
     artifacts("signin-refused", page)
     log = app.log()
-    for secret in ("not-veras-password", "whatever-password", VIEWER[1], TOKEN):
+    # an unknown name may be a password typed in the wrong field: never logged
+    for secret in ("not-veras-password", "whatever-password", VIEWER[1], TOKEN, "mallory"):
         assert secret not in log
     assert not page.off_host.urls, page.off_host.urls
 

@@ -644,12 +644,6 @@ async def fetch_server_certificate(url: str, *, timeout: float = 5.0) -> Certifi
                           f"{_offered(endpoints)})")
 
 
-def _run_coroutine(make: Any) -> Any:
-    """Run the coroutine `make()` returns to completion, from sync code (a worker thread in a
-    notebook cell)."""
-    return run_to_completion(make, "twinbench-opcua-trust")
-
-
 def trust_certificate(certificate: str | os.PathLike[str] | bytes, *,
                       trust_dir: str | os.PathLike[str] | None = None,
                       cert_dir: str | os.PathLike[str] | None = None,
@@ -698,7 +692,8 @@ def trust_certificate(certificate: str | os.PathLike[str] | bytes, *,
         if server is not None:
             raise ValueError("server: give it with a certificate file or bytes, not with a URL")
         server = certificate
-        info = _run_coroutine(lambda: fetch_server_certificate(certificate, timeout=timeout))
+        info = run_to_completion(lambda: fetch_server_certificate(certificate, timeout=timeout),
+                                 "twinbench-opcua-trust")
     else:
         info = certificate_info(certificate)
     if server is not None:

@@ -107,8 +107,9 @@ class Plant:
             raise TypeError(f"mqtt: expected None, 'auto', 'none' or a URL, got {mqtt!r}")
         self._mqtt_option = None if mqtt in (None, "none") else mqtt
         if self._mqtt_option not in (None, "auto") and not self._mqtt_option.startswith("mqtt://"):
+            # not the URL itself: it may carry a user's password
             raise ValueError(f"mqtt: expected None, 'auto', 'none' or mqtt://host:port, got "
-                             f"{mqtt!r}")
+                             f"a {mqtt.split(':', 1)[0]!r} value")
         self.wind = bool(wind)
         self.seed = int(seed)
         self.speedup = _positive(speedup, "speedup")

@@ -138,6 +138,8 @@ class Dashboard:
         """
         if twin and not getattr(self.twin, "running", True):
             self.twin.start()
+        if self._unwatch is None:
+            self._unwatch = session.watch(self._on_identity)
         self.plot.start()
         self.connection.start()
         self.maintenance.start()
@@ -147,6 +149,9 @@ class Dashboard:
 
     def stop(self) -> None:
         """Stop the live parts (not the twin: ``await twin.stop()``)."""
+        if self._unwatch is not None:  # a re-run cell's new dashboard watches instead
+            self._unwatch()
+            self._unwatch = None
         self.plot.stop()
         self.connection.stop()
         self.maintenance.stop()

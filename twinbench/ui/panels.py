@@ -343,14 +343,19 @@ class TagBrowser(_Component):
                                    description="Filter", continuous_update=True)
         self.filter.observe(lambda _: self._render(), "value")
         self.refresh_button = widgets.Button(description="Browse", icon="refresh")
-        self.refresh_button.on_click(lambda _: _spawn(self.refresh(), self, "browse"))
+        # Browsing, saving and loading act on the kernel's machine: engineers only in an app
+        # with sign-in (checked at each click; self.message exists by the time one comes).
+        self.refresh_button.on_click(lambda _: _permitted("configure", self.message) and _spawn(
+            self.refresh(), self, "browse"))
         self.add_button = widgets.Button(description="Map selected", icon="plus")
         self.add_button.on_click(lambda _: self.pick(self.select.value))
         self.path = widgets.Text(value="tags.yaml", description="File")
         self.save_button = widgets.Button(description="Save", icon="save")
         self.load_button = widgets.Button(description="Load", icon="folder-open")
-        self.save_button.on_click(lambda _: self._try(self.save, self.path.value))
-        self.load_button.on_click(lambda _: self._try(self.load, self.path.value))
+        self.save_button.on_click(lambda _: _permitted("configure", self.message) and self._try(
+            self.save, self.path.value))
+        self.load_button.on_click(lambda _: _permitted("configure", self.message) and self._try(
+            self.load, self.path.value))
         self.message = widgets.HTML("")
         self.rows = widgets.VBox([])
         self._mapping: dict[str, widgets.Widget] = {}  # address -> variable widget
@@ -739,6 +744,11 @@ class ScenarioPanel(_Component):
 # -- control -----------------------------------------------------------------------------------
 
 
+def _allowed_text(lim: Any) -> str:
+    rate = "" if lim.max_rate is None else f", at most {lim.max_rate:g}/s"
+    return f"<small>allowed {lim.low:g} … {lim.high:g}{rate}</small>"
+
+
 class ControlPanel(_Component):
     """The guarded write path for named tags: limits, a value, Write → confirm → read-back, and
     the audit trail. Read-only unless `writable` names tags and the twin has a writer.
@@ -801,7 +811,6 @@ class ControlPanel(_Component):
         rows = []
         for tag in self.writable:
             lim = writer.allow[tag]
-            rate = "" if lim.max_rate is None else f", at most {lim.max_rate:g}/s"
             box = self.values[tag] = widgets.FloatText(value=float(lim.low), description=tag,
                                                        style={"description_width": "9em"},
                                                        layout=widgets.Layout(width="16em"))
@@ -813,8 +822,7 @@ class ControlPanel(_Component):
                                                         layout=widgets.Layout(width="7em"))
             button.on_click(lambda _, t=tag: self._clicked(t))
             self.now_html[tag] = widgets.HTML("")
-            self.allowed_html[tag] = widgets.HTML(
-                f"<small>allowed {lim.low:g} … {lim.high:g}{rate}</small>")
+            self.allowed_html[tag] = widgets.HTML(_allowed_text(lim))
             rows.append(widgets.VBox([widgets.HBox([box, button]), self.allowed_html[tag],
                                       self.now_html[tag]]))
             # An engineer's limits editor, within the bounds the app was made with.
@@ -858,9 +866,7 @@ class ControlPanel(_Component):
         colour = "green" if result.result == "limits-changed" else "red"
         self.result_html.value = (f"<span style='color:{colour}'><b>{html.escape(result.result)}"
                                   f"</b>: {html.escape(result.message)}</span>")
-        lim = self.writer.allow[tag]
-        rate = "" if lim.max_rate is None else f", at most {lim.max_rate:g}/s"
-        self.allowed_html[tag].value = f"<small>allowed {lim.low:g} … {lim.high:g}{rate}</small>"
+        self.allowed_html[tag].value = _allowed_text(self.writer.allow[tag])
         self.update_audit()
         return result
 

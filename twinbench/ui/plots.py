@@ -614,9 +614,7 @@ _FAST_CANVAS_JS = """() => {
 }"""
 
 
-# Runs in the page after BokehJS applied a stream (or a new window): once the frame is painted
-# (the timeout after the next animation frame), the page writes the update's number into the
-# ack model's tags; jupyter_bokeh sends that change to the kernel (LivePlot._on_ack).
+# Published by load_bokeh: applies the canvas patch as soon as BokehJS has loaded.
 _EARLY_PATCH_JS = """
 (function wait(tries) {
   if (window.__twinbenchCanvasPatch !== undefined) return;
@@ -628,6 +626,9 @@ _EARLY_PATCH_JS = """
 })(0);
 """.replace("FAST_CANVAS_JS", _FAST_CANVAS_JS)
 
+# Runs in the page after BokehJS applied a stream (or a new window): once the frame is painted
+# (the timeout after the next animation frame), the page writes the update's number into the
+# ack model's tags; jupyter_bokeh sends that change to the kernel (LivePlot._on_ack).
 _ACK_JS = """
 if (window.__twinbenchCanvasPatch === undefined && fast_canvas) {
   window.__twinbenchCanvasPatch = (FAST_CANVAS_JS)();
