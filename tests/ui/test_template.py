@@ -268,9 +268,10 @@ def test_the_dark_theme_applies(browser, new_page, plant, artifacts, tmp_path):
             assert _luminance(header.evaluate("e => getComputedStyle(e).backgroundColor")) < 0.2
             assert _luminance(header.evaluate("e => getComputedStyle(e).color")) > 0.7
             # Bokeh's canvas colours are its own: the template inverts the plots in the dark
-            page.locator("#rendered_cells .bk-Column").first.wait_for(timeout=60_000)
-            plot_filter = page.locator("#rendered_cells .bk-Column").first.evaluate(
-                "e => getComputedStyle(e).filter")
+            # (the top Bokeh element of a plot: a GridPlot in the dashboard, whatever the layout)
+            plot = page.locator("#rendered_cells [class^='bk-']:not(.bk-Notifications)").first
+            plot.wait_for(timeout=60_000)
+            plot_filter = plot.evaluate("e => getComputedStyle(e).filter")
             assert "invert" in plot_filter, plot_filter
             assert_loopback_only(page, asked)
         finally:
